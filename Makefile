@@ -1,0 +1,20 @@
+# Two entry points for a fresh machine: `make run` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m reasonlab.cli models setup smollm2-135m-instruct
+	$(PY) -m flows.concept_sft
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -rs tests
+
+.PHONY: install run test

@@ -1,0 +1,1 @@
+"""Prefect flows: each reads as its pipeline's list of stages."""

@@ -1,0 +1,97 @@
+"""The one artifact/IO layer: atomic writes, content hashes, plain-data JSON/YAML/parquet."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from reasonlab.errors import ReasonlabError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on success rename it onto `dest` (file or directory).
+
+    Nothing half-written is ever visible at `dest`: an exception removes the temp path.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    target = tmp / dest.name
+    try:
+        yield target
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(target, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(target, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(dest: Path | str, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def write_json(dest: Path | str, obj: Any) -> Path:
+    return write_text(dest, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_parquet(dest: Path | str, rows: list[dict]) -> Path:
+    import pandas as pd
+
+    with atomic_path(dest) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    return Path(dest)
+
+
+def read_structured(path: Path | str) -> Any:
+    """Parse a .json / .yaml / .yml file; a parse error names the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReasonlabError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReasonlabError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except yaml.YAMLError as e:
+        raise ReasonlabError(f"{path}: invalid YAML: {e}") from None
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tree_fingerprint(folder: Path | str) -> str:
+    """sha256 over every file's relative name and content (hidden files skipped)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(str(rel).encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()

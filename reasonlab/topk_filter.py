@@ -1,0 +1,127 @@
+"""Stage 2 of concept SFT: keep prompts the model gets clearly wrong with the answer close behind.
+
+A prompt becomes a *target case* when the model's top-1 next token is clearly wrong (not a
+function word, not punctuation, not a prefix or variant of the answer) and the answer's first
+token (any surface variant: leading space, case) is at rank 2..max_rank. Every other prompt is
+kept in `rejected` with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from reasonlab.prompt_format import Format, build_prompt
+from reasonlab.prompts import PromptItem
+from reasonlab.tokens import first_token_ids, token_text
+
+VERSION = "1"  # bump when the filter's decisions change
+
+FUNCTION_WORDS = frozenset("""
+a an the this that these those its it their his her our your my of in on at to for from by with as
+and or but not no nor so than then there here is are was were be been being has have had do does did
+can could may might must shall should will would which who whom whose what when where why how
+some any all many much more most few one two each every other such very also only just about into
+called known usually often typically generally mainly primarily probably likely
+""".split())
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    token: str
+    token_id: int
+    prob: float
+
+
+def next_token_probs(model, tokenizer, texts: list[str], batch_size: int = 8):
+    """Yield each text's next-token distribution (a [vocab] float tensor), `batch_size` texts a pass.
+
+    Right padding: causal attention keeps pads (after the text) out of every real position, so
+    the logits at each text's last token equal an unpadded forward pass.
+    """
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(texts), batch_size):
+        encoded = [tokenizer.encode(t) for t in texts[start : start + batch_size]]
+        width = max(len(e) for e in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        last = torch.tensor([len(e) - 1 for e in encoded], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+        yield from logits[torch.arange(len(encoded), device=model.device), last].float().softmax(-1).cpu()
+
+
+def top_tokens(tokenizer, probs, k: int = 10) -> list[TokenProb]:
+    top_p, top_i = probs.topk(k)
+    return [TokenProb(token_text(tokenizer, i), i, p) for p, i in zip(top_p.tolist(), top_i.tolist())]
+
+
+def next_token_topk(model, tokenizer, texts: list[str], k: int = 10, batch_size: int = 8) -> list[list[TokenProb]]:
+    """Top-k next-token probabilities after each text (batched)."""
+    return [top_tokens(tokenizer, p, k) for p in next_token_probs(model, tokenizer, texts, batch_size)]
+
+
+def starts_answer(tok: TokenProb, answer: str, correct_ids: set[int]) -> bool:
+    """The token begins the answer: a variant's first token, or any 2+ letter prefix (' hepat')."""
+    word = tok.token.strip().lower()
+    return tok.token_id in correct_ids or (len(word) >= 2 and answer.lower().startswith(word))
+
+
+def why_not_clearly_wrong(top1: TokenProb, answer: str, correct_ids: set[int], special_ids: set[int]) -> str | None:
+    """None if `top1` is clearly wrong for `answer`, else the reason it is not."""
+    word = top1.token.strip().lower()
+    if top1.token_id in correct_ids:
+        return f"top-1 {top1.token!r} is the answer's first token"
+    if top1.token_id in special_ids:
+        return f"top-1 {top1.token!r} is a special token"
+    if not any(c.isalnum() for c in word):
+        return f"top-1 {top1.token!r} is punctuation or whitespace"
+    if word in FUNCTION_WORDS:
+        return f"top-1 {top1.token!r} is a function word"
+    answer_l = answer.lower()
+    if answer_l.startswith(word):
+        return f"top-1 {top1.token!r} is a prefix of the answer {answer!r}"
+    if word.startswith(answer_l.split()[0]):
+        return f"top-1 {top1.token!r} is a variant of the answer {answer!r}"
+    return None
+
+
+def classify(item: PromptItem, topk: list[TokenProb], correct_ids: set[int], special_ids: set[int],
+             max_rank: int = 5) -> dict:
+    """A target case, or a rejection with its reason, for one prompt's top-k."""
+    base = {"prompt": item.prompt, "answer": item.answer, "topic": item.topic,
+            "top_k": [asdict(t) for t in topk]}
+    reason = why_not_clearly_wrong(topk[0], item.answer, correct_ids, special_ids)
+    rank = next((r for r, t in enumerate(topk, start=1) if starts_answer(t, item.answer, correct_ids)), None)
+    if reason is None and rank is None:
+        reason = f"answer not in the top-{len(topk)}"
+    elif reason is None and rank > max_rank:
+        reason = f"answer at rank {rank}, beyond rank {max_rank}"
+    if reason:
+        return {**base, "status": "rejected", "reason": reason, "correct_rank": rank}
+    correct = topk[rank - 1]
+    return {**base, "status": "target",
+            "wrong_token": topk[0].token, "wrong_token_id": topk[0].token_id, "wrong_prob": topk[0].prob,
+            "correct_token": correct.token, "correct_token_id": correct.token_id, "correct_prob": correct.prob,
+            "correct_rank": rank}
+
+
+def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, max_rank: int = 5,
+                   fmt: Format = "completion", system_prompt: str | None = "", answer_prefix: str = " Answer:",
+                   batch_size: int = 8) -> dict:
+    """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json)."""
+    texts = [build_prompt(tokenizer, it.prompt, fmt, system_prompt, answer_prefix) for it in items]
+    topks = next_token_topk(model, tokenizer, texts, k=k, batch_size=batch_size)
+    special = set(tokenizer.all_special_ids)
+    rows = [classify(it, tk, first_token_ids(tokenizer, it.answer), special, max_rank) for it, tk in zip(items, topks)]
+    return {
+        "format": fmt,
+        "top_k": k,
+        "max_rank": max_rank,
+        "target_cases": [r for r in rows if r["status"] == "target"],
+        "rejected": [r for r in rows if r["status"] == "rejected"],
+    }

@@ -1,0 +1,1 @@
+"""Prefect tasks: each wraps one `reasonlab` unit of work once (cache policy, tags, retries, artifacts)."""

@@ -1,0 +1,69 @@
+"""The concept-SFT units of work as Prefect tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from reasonlab import evaluate, prompts, sft_trainer, topk_filter, training_texts
+from reasonlab.io import write_json
+from reasonlab.model_loader import ResolvedModel, load_model
+from reasonlab.sft_config import parse_sft_config
+from tasks.conventions import task_options
+
+
+@task(name="load-prompts", **task_options("1"))
+def load_prompts(path: Path) -> list[dict]:
+    """Stage 1 (until prompt generation lands): validated `{prompt, answer, topic}` rows from a file."""
+    return [item.to_dict() for item in prompts.load_prompts(path)]
+
+
+@task(name="topk-filter", **task_options(topk_filter.VERSION, gpu=True, retries=1))
+def filter_prompts(model: ResolvedModel, rows: list[dict], out_file: str, k: int = 10, max_rank: int = 5,
+                   fmt: str = "completion", system_prompt: str = "", answer_prefix: str = " Answer:",
+                   device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> dict:
+    """Stage 2: target cases (top-1 clearly wrong, answer at rank 2..max_rank); writes `out_file`."""
+    lm, tokenizer = load_model(model, device, dtype)
+    items = [prompts.PromptItem(**r) for r in rows]
+    result = topk_filter.filter_prompts(lm, tokenizer, items, k=k, max_rank=max_rank, fmt=fmt,
+                                        system_prompt=system_prompt, answer_prefix=answer_prefix,
+                                        batch_size=batch_size)
+    write_json(out_file, {"model": model.to_dict(), **result})
+    print(f"{len(result['target_cases'])} of {len(items)} prompts are target cases -> {out_file}")
+    return result
+
+
+@task(name="check-training-texts", **task_options("1"))
+def check_training_texts(texts: list[str], target_cases: list[dict], extra_terms: list[str]) -> list[str]:
+    """Stage 5: refuse any text that names a target's wrong answer or topic."""
+    return training_texts.check_texts(texts, target_cases, extra_terms)
+
+
+@task(name="sft", **task_options(sft_trainer.VERSION, gpu=True, retries=1))
+def run_sft(model: ResolvedModel, config: dict, output_dir: str) -> dict:
+    """Stage 6: fine-tune on the concept texts; the result holds the checkpoint path."""
+    cfg = parse_sft_config(config)
+    progress_id = create_progress_artifact(0.0, key="sft-progress", description="SFT optimizer steps")
+
+    def report(step: int, total: int, loss: float | None) -> None:
+        update_progress_artifact(progress_id, 100.0 * step / max(total, 1))
+        if loss is not None:
+            print(f"step {step}/{total} loss {loss:.4f}")
+
+    summary = sft_trainer.run_sft(model, cfg, output_dir, progress=report)
+    print(f"checkpoint -> {summary['checkpoint']} ({summary['steps']} steps)")
+    return summary
+
+
+@task(name="evaluate", **task_options(evaluate.VERSION, gpu=True, retries=1))
+def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], out_file: str,
+                   system_prompt: str = "", answer_prefix: str = " Answer:", device: str = "auto",
+                   dtype: str = "auto", k: int = 10) -> list[dict]:
+    """Stage 7: top-k, p(wrong), p(correct) for every target case and format; writes `out_file`."""
+    lm, tokenizer = load_model(model, device, dtype)
+    rows = evaluate.evaluate_cases(lm, tokenizer, cases, formats, k=k, system_prompt=system_prompt,
+                                   answer_prefix=answer_prefix)
+    write_json(out_file, {"model": model.to_dict(), "rows": rows})
+    return rows

@@ -1,0 +1,73 @@
+"""Shared fixtures: one Prefect test harness per session, a private REASONLAB_HOME, tiny real models."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports tasks/ (whose result storage reads REASONLAB_HOME at import time).
+_HOME = Path(tempfile.mkdtemp(prefix="reasonlab-test-home-"))
+os.environ["REASONLAB_HOME"] = str(_HOME)
+os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is unreachable from CI; fail fast, not after retries
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STORIES = SHARED / "models" / "stories260K"
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def stories_path() -> Path:
+    assert (STORIES / "config.json").is_file(), f"missing {STORIES}: the shared models folder is required"
+    return STORIES
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _tiny_config(arch: str):
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "gemma3":
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=64)
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, stories_path) -> dict[str, Path]:
+    """Randomly initialised tiny Llama / Qwen2 / Gemma3 folders sharing stories260K's tokenizer (with a chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    out = {}
+    for arch in ("llama", "qwen2", "gemma3"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(_tiny_config(arch))
+        tokenizer = AutoTokenizer.from_pretrained(stories_path)
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+        model.save_pretrained(root / arch)
+        tokenizer.save_pretrained(root / arch)
+        out[arch] = root / arch
+    return out
