@@ -12,7 +12,6 @@ Hub, then the offline source (materialized now). `source="hub"` or `"offline"` f
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -74,10 +73,6 @@ def _from_hub(name: str, hub_id: str, revision: str | None) -> ResolvedModel:
     return ResolvedModel(name=name, source=hub_id, revision=commit, fingerprint=f"hub:{hub_id}@{commit}")
 
 
-def lookup_spec(name: str) -> ModelSpec | None:
-    return REGISTRY.get(name)
-
-
 def resolve_model(name: str, source: Source = "auto") -> ResolvedModel:
     """Find exact weights for `name` (registry name, local folder or Hub id)."""
     if not name or not isinstance(name, str):
@@ -85,7 +80,7 @@ def resolve_model(name: str, source: Source = "auto") -> ResolvedModel:
     path = Path(name).expanduser()
     if _is_hf_folder(path):
         return _from_folder(path.name, path)
-    spec = lookup_spec(name)
+    spec = REGISTRY.get(name)
     if spec is None:
         if path.exists() or name.startswith((".", "/", "~")):
             raise ReasonlabError(f"model {name!r}: the folder has no config.json (not a Hugging Face model folder)")
@@ -197,7 +192,3 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto
 def unload_all() -> None:
     with _load_lock:
         _LOADED.clear()
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from reasonlab import evaluate, prompts, sft_trainer, topk_filter, training_texts
@@ -31,7 +31,7 @@ def filter_prompts(model: ResolvedModel, rows: list[dict], out_file: str, k: int
                                         system_prompt=system_prompt, answer_prefix=answer_prefix,
                                         batch_size=batch_size)
     write_json(out_file, {"model": model.to_dict(), **result})
-    print(f"{len(result['target_cases'])} of {len(items)} prompts are target cases -> {out_file}")
+    get_run_logger().info(f"{len(result['target_cases'])} of {len(items)} prompts are target cases -> {out_file}")
     return result
 
 
@@ -47,13 +47,15 @@ def run_sft(model: ResolvedModel, config: dict, output_dir: str) -> dict:
     cfg = parse_sft_config(config)
     progress_id = create_progress_artifact(0.0, key="sft-progress", description="SFT optimizer steps")
 
+    logger = get_run_logger()
+
     def report(step: int, total: int, loss: float | None) -> None:
         update_progress_artifact(progress_id, 100.0 * step / max(total, 1))
         if loss is not None:
-            print(f"step {step}/{total} loss {loss:.4f}")
+            logger.info(f"step {step}/{total} loss {loss:.4f}")
 
     summary = sft_trainer.run_sft(model, cfg, output_dir, progress=report)
-    print(f"checkpoint -> {summary['checkpoint']} ({summary['steps']} steps)")
+    logger.info(f"checkpoint -> {summary['checkpoint']} ({summary['steps']} steps)")
     return summary
 
 

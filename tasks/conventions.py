@@ -88,5 +88,5 @@ def task_options(version: str, *, gpu: bool = False, retries: int = 0) -> dict[s
         retries=retries,
         retry_delay_seconds=10,
         retry_condition_fn=transient_only if retries else None,
-        log_prints=True,
+        log_prints=False,  # libraries print freely (TRL once printed bytecode); tasks log explicitly
     )

@@ -43,7 +43,8 @@ TINY_CHAT_TEMPLATE = (
 def _tiny_config(arch: str):
     from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    # 600 > 512: with a qwen2 config, AutoTokenizer re-reads stories' tokenizer as Qwen2Tokenizer (+1 token)
+    common = dict(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     if arch == "llama":
         return LlamaConfig(**common)

@@ -1,0 +1,49 @@
+"""The main job twice with the same parameters: the second run must be all Cached, with zero forwards.
+
+    python bench/cached_rerun.py      # fresh REASONLAB_HOME (results, runs); offline models are reused
+
+Prints key=value lines: wall time of each run, their ratio, task states, model forward passes.
+"""
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
+os.environ["REASONLAB_HOME"] = tempfile.mkdtemp(prefix="reasonlab-bench-")  # before tasks/ is imported
+
+from flows.concept_sft import concept_sft  # noqa: E402
+from reasonlab import model_loader  # noqa: E402
+from reasonlab.model_loader import resolve_model  # noqa: E402
+from tasks.run_info import flow_run_summary  # noqa: E402
+
+
+def run_once():
+    forwards = model_loader.forward_passes()
+    start = time.perf_counter()
+    state = concept_sft(return_state=True)
+    wall = time.perf_counter() - start
+    state.result()
+    states, _ = flow_run_summary(state.state_details.flow_run_id)
+    return wall, states, model_loader.forward_passes() - forwards
+
+
+def main() -> None:
+    resolve_model("smollm2-135m-instruct")  # materialize outside the timed runs
+    first_s, first_states, first_fw = run_once()
+    second_s, second_states, second_fw = run_once()
+    print(f"tasks_first={len(first_states)}")
+    print(f"tasks_second={len(second_states)}")
+    print(f"first_states={','.join(sorted(set(first_states.values())))}")
+    print(f"second_states={','.join(sorted(set(second_states.values())))}")
+    print(f"all_cached_second={all(s == 'Cached' for s in second_states.values())}")
+    print(f"forward_passes_first={first_fw}")
+    print(f"forward_passes_second={second_fw}")
+    print(f"first_run_s={first_s:.2f}")
+    print(f"second_run_s={second_s:.2f}")
+    print(f"second_over_first={second_s / first_s:.4f}")
+
+
+if __name__ == "__main__":
+    main()

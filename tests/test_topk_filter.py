@@ -1,0 +1,74 @@
+"""The top-k filter: its decisions on constructed top-k lists, and batching equal to a per-prompt loop."""
+
+import pytest
+
+from reasonlab.model_loader import load_model, resolve_model
+from reasonlab.prompts import PromptItem
+from reasonlab.topk_filter import TokenProb, classify, filter_prompts, next_token_topk
+
+ITEM = PromptItem("The primary hormone regulating blood pressure is", "aldosterone", ["blood pressure"])
+
+
+def topk(*tokens):
+    return [TokenProb(t, i, p) for i, (t, p) in enumerate(tokens)]
+
+
+@pytest.mark.parametrize("tokens, reason", [
+    ([(" the", .3), (" al", .1)], "function word"),
+    ([(" al", .3), (" ren", .1)], "answer's first token"),
+    ([(" ald", .3), (" ren", .1)], "prefix of the answer"),
+    ([(" aldosterones", .3), (" ren", .1)], "variant of the answer"),
+    ([(",", .3), (" al", .1)], "punctuation"),
+    ([(" ren", .3), (" a", .1), (" b", .1), (" c", .1), (" d", .1), (" e", .05), (" al", .01)], "rank 7, beyond rank 5"),
+    ([(" ren", .3), (" sodium", .1)], "not in the top-2"),
+])
+def test_rejections_say_why(tokens, reason):
+    correct_ids = {i for i, (t, _) in enumerate(tokens) if t == " al"}
+    row = classify(ITEM, topk(*tokens), correct_ids, special_ids=set())
+    assert row["status"] == "rejected" and reason in row["reason"]
+
+
+def test_target_case_like_the_seed_table():
+    tokens = [(" ren", .23), (" sodium", .18), (" the", .10), (" a", .05), (" al", .05)]
+    row = classify(ITEM, topk(*tokens), {4}, special_ids=set())
+    assert row["status"] == "target"
+    assert (row["wrong_token"], row["correct_token"], row["correct_rank"]) == (" ren", " al", 5)
+    assert row["wrong_prob"] == .23 and row["topic"] == ["blood pressure"]
+
+
+def test_multi_token_answer_matches_its_first_word_prefix():
+    item = PromptItem("Ground-glass hepatocytes is characteristic of", "Hepatitis B")
+    row = classify(item, topk((" alpha", .3), (" hepat", .07)), correct_ids=set(), special_ids=set())
+    assert row["status"] == "target" and row["correct_rank"] == 2
+
+
+PROMPTS = ["Once upon a time, there was a little", "The dog ran to the", "She was very happy because",
+           "Lily and Tom went to the park. They saw a", "One day, a big", "The sun was"]
+
+
+@pytest.mark.parametrize("which", ["stories", "llama", "qwen2", "gemma3"])
+def test_batched_equals_per_prompt(which, stories_path, tiny_models):
+    folder = stories_path if which == "stories" else tiny_models[which]
+    model, tokenizer = load_model(resolve_model(str(folder)))
+    batched = next_token_topk(model, tokenizer, PROMPTS, k=10, batch_size=4)
+    single = [next_token_topk(model, tokenizer, [p], k=10, batch_size=1)[0] for p in PROMPTS]
+    for b, s in zip(batched, single):
+        assert [t.token_id for t in b[:5]] == [t.token_id for t in s[:5]]
+        assert max(abs(x.prob - y.prob) for x, y in zip(b, s)) < 1e-4
+
+
+def word(t):
+    return t.token.strip().isalpha() and len(t.token.strip()) >= 3
+
+
+def test_filter_finds_a_real_target_on_stories(stories_path):
+    """stories260K puts ' big' first and ' little' third after 'The little girl saw a'."""
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
+    assert word(top[0])
+    runner_up = next(t for t in top[1:5] if word(t))
+    items = [PromptItem("The little girl saw a", runner_up.token.strip()), PromptItem("The dog ran to the", "moon")]
+    result = filter_prompts(model, tokenizer, items, k=10)
+    [case] = result["target_cases"]
+    assert case["wrong_token"] == top[0].token and case["correct_rank"] == top.index(runner_up) + 1
+    assert [r["prompt"] for r in result["rejected"]] == ["The dog ran to the"]
