@@ -161,7 +161,6 @@ def forward_passes() -> int:
 
 def load_fresh(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", train: bool = False):
     """Load a new (uncached) model + tokenizer: for training, which mutates the weights."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = pick_device(device)

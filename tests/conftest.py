@@ -72,3 +72,14 @@ def tiny_models(tmp_path_factory, stories_path) -> dict[str, Path]:
         tokenizer.save_pretrained(root / arch)
         out[arch] = root / arch
     return out
+
+
+@pytest.fixture(scope="session")
+def stories_chat(tmp_path_factory, stories_path) -> Path:
+    """stories260K (real weights) with a chat template, so `transformers serve` can chat with it."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("stories-chat") / "stories260K"
+    shutil.copytree(stories_path, folder)
+    (folder / "chat_template.jinja").write_text(TINY_CHAT_TEMPLATE)
+    return folder

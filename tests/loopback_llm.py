@@ -38,7 +38,8 @@ class ScriptedLLM:
                 kind = action[0]
                 if kind == "status":
                     code, headers = action[1], (action[2] if len(action) > 2 else {})
-                    self._send(code, {"error": {"message": f"injected {code}", "type": "injected", "code": code}},
+                    text = action[3] if len(action) > 3 else f"injected {code}"
+                    self._send(code, {"error": {"message": text, "type": "injected", "code": code}},
                                headers)
                     return
                 if kind == "sleep":

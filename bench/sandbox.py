@@ -1,0 +1,116 @@
+"""Sandbox benchmark: every MBPP reference solution through `reasonlab.sandbox.run_many`.
+
+    python bench/sandbox.py [--mbpp PATH] [--workers N] [--single N] [--timeout S]
+
+Runs all problems with `--workers` (default: all cores), then the first `--single` problems with one
+worker, and prints the pass rate, throughput, every reference that did not pass (and why), and
+finally its figures as key=value lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from reasonlab.sandbox import isolation, run_many  # noqa: E402
+
+
+def load_mbpp(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def jobs_for(rows: list[dict], timeout_s: float) -> list[dict]:
+    return [{"code": r["code"], "tests": list(r["test_list"]), "setup_code": r.get("test_setup_code") or "",
+             "timeout_s": timeout_s} for r in rows]
+
+
+def timed(jobs: list[dict], workers: int):
+    start = time.perf_counter()
+    results = run_many(jobs, workers=workers)
+    return results, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mbpp", type=Path, default=REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--single", type=int, default=200, help="problems for the 1-worker arm (0: skip)")
+    ap.add_argument("--timeout", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    if not args.mbpp.is_file():
+        print(f"error: {args.mbpp}: no such file (pass --mbpp PATH)", file=sys.stderr)
+        return 2
+
+    rows = load_mbpp(args.mbpp)
+    jobs = jobs_for(rows, args.timeout)
+    print(f"sandbox isolation: {isolation()}")
+    print(f"MBPP: {len(rows)} problems from {args.mbpp}; workers={args.workers}")
+
+    results, wall = timed(jobs, args.workers)
+    statuses = Counter(r.status for r in results)
+    passed = statuses["passed"]
+    rate = len(jobs) / wall
+    durations = sorted(r.duration_s for r in results)
+    print(f"all {len(jobs)} with {args.workers} workers: {wall:.2f} s, {rate:.1f} programs/s, "
+          f"statuses {dict(statuses)}, median child {durations[len(durations) // 2] * 1000:.0f} ms, "
+          f"max child {durations[-1]:.2f} s")
+
+    slowest = sorted(zip(rows, results), key=lambda rr: -rr[1].duration_s)[:5]
+    print("slowest: " + ", ".join(f"task {row['task_id']} {res.duration_s:.2f} s" for row, res in slowest))
+
+    failures = [(row, res) for row, res in zip(rows, results) if not res.passed]
+    if failures:
+        print(f"\n{len(failures)} reference solutions did not pass:")
+        for row, res in failures:
+            why = f"{res.error_type}: {res.error_message}" if res.error_type else ""
+            print(f"  task {row['task_id']}: {res.status}"
+                  + (f" on `{res.failed_test}`" if res.failed_test else "") + (f" ({why})" if why else ""))
+
+    single_n = min(args.single, len(jobs))
+    single_rate = multi_rate_subset = None
+    if single_n:
+        _, single_wall = timed(jobs[:single_n], 1)
+        _, multi_wall = timed(jobs[:single_n], args.workers)
+        single_rate, multi_rate_subset = single_n / single_wall, single_n / multi_wall
+        print(f"\nfirst {single_n}: 1 worker {single_rate:.1f} programs/s | "
+              f"{args.workers} workers {multi_rate_subset:.1f} programs/s "
+              f"(speed-up {multi_rate_subset / single_rate:.2f}x)")
+
+    print()
+    figures = {
+        "programs": len(jobs),
+        "passed": passed,
+        "failed": statuses["failed"],
+        "error": statuses["error"],
+        "timeout": statuses["timeout"],
+        "pass_rate": f"{passed / len(jobs):.4f}",
+        "workers": args.workers,
+        "wall_s": f"{wall:.2f}",
+        "programs_per_s": f"{rate:.1f}",
+        "median_program_s": f"{durations[len(durations) // 2]:.4f}",
+    }
+    if single_n:
+        figures.update({"subset_programs": single_n, "programs_per_s_1_worker": f"{single_rate:.1f}",
+                        f"programs_per_s_{args.workers}_workers_subset": f"{multi_rate_subset:.1f}",
+                        "speedup": f"{multi_rate_subset / single_rate:.2f}"})
+    figures["failing_task_ids"] = ",".join(str(row["task_id"]) for row, _ in failures) or "none"
+    for key, value in figures.items():
+        print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The sandbox: real child processes, real hostile programs, no mocks."""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from reasonlab.errors import ReasonlabError
+from reasonlab.sandbox import MAX_TASKS, SandboxResult, extract_code, isolation, run_many, run_program
+
+# The programs print their sandbox's environment token first, so the test can look for survivors.
+TOKEN = "import os\nprint(os.environ['REASONLAB_SANDBOX'], flush=True)\n"
+
+
+def live_processes_with(token: str) -> list[int]:
+    """Pids of live (not zombie) processes whose environment holds `token` (an independent /proc scan)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if state not in (b"Z", b"X") and token.encode() in env:
+            found.append(int(name))
+    return found
+
+
+def token_of(res: SandboxResult) -> str:
+    first = res.stdout.split("\n", 1)[0].strip()
+    assert first.startswith("rlsb-"), f"program did not print its token: {res}"
+    return first
+
+
+def assert_no_survivors(token: str) -> None:
+    assert live_processes_with(token) == [], "sandbox processes survived the run"
+
+
+# ---------------------------------------------------------------------------------------------- basics
+
+def test_passing_program():
+    res = run_program("def add(a, b):\n    return a + b\n", ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"])
+    assert res.status == "passed", res
+    assert res.passed and res.returncode == 0 and res.tests_passed == 2
+    assert res.failed_test is None and res.error_type is None
+    assert 0 < res.duration_s < 5
+
+
+def test_failing_assert_is_named():
+    tests = ["assert sq(2) == 4", "assert sq(3) == 10", "assert sq(4) == 16"]
+    res = run_program("def sq(x):\n    return x * x\n", tests)
+    assert res.status == "failed", res
+    assert res.failed_test == "assert sq(3) == 10"
+    assert res.error_type == "AssertionError"
+    assert res.tests_passed == 1
+    assert "<test 1>" in res.traceback
+
+
+def test_exception_type_and_message():
+    res = run_program("def f():\n    raise ValueError('bad value 42')\nf()\n", ["assert True"])
+    assert (res.status, res.error_type, res.error_message) == ("error", "ValueError", "bad value 42"), res
+    assert "raise ValueError" in res.traceback  # the user's source line, not the runner's frames
+    assert "sandbox_runner" not in res.traceback and "_runner" not in res.traceback
+
+    in_test = run_program("def g(x):\n    return x\n", ["assert g(1) == 1", "assert h(2) == 2"])
+    assert (in_test.status, in_test.error_type) == ("error", "NameError"), in_test
+    assert in_test.failed_test == "assert h(2) == 2" and "'h'" in in_test.error_message
+
+    syntax = run_program("def broken(:\n    pass\n", ["assert True"])
+    assert (syntax.status, syntax.error_type) == ("error", "SyntaxError"), syntax
+
+
+def test_setup_code_runs_after_the_program_and_before_the_tests():
+    code = "class Node:\n    def __init__(self, v):\n        self.v = v\n"
+    res = run_program(code, ["assert root.v == 7"], setup_code="root = Node(7)")
+    assert res.status == "passed", res
+
+
+def test_output_captured_and_work_dir_removed():
+    code = "import os, sys\nprint(os.getcwd())\nprint(os.environ['HOME'], os.environ['TMPDIR'])\n" \
+           "print('to stderr', file=sys.stderr)\nopen('scratch.txt', 'w').write('mine')\n" \
+           "assert open('scratch.txt').read() == 'mine'\n"
+    res = run_program(code, ["assert True"])
+    assert res.status == "passed", res
+    cwd, envs = res.stdout.splitlines()[:2]
+    assert envs == f"{cwd} {cwd}"
+    assert res.stderr == "to stderr\n"
+    assert not Path(cwd).exists() and not Path(cwd).parent.exists()
+
+
+# ------------------------------------------------------------------------------------ hostile programs
+
+def test_infinite_loop_times_out():
+    start = time.monotonic()
+    res = run_program(TOKEN + "while True:\n    pass\n", ["assert True"], timeout_s=1.5)
+    assert res.status == "timeout" and res.error_type == "Timeout", res
+    assert time.monotonic() - start < 6
+    assert_no_survivors(token_of(res))
+
+
+def test_fork_bomb_is_contained_and_leaves_nothing_behind():
+    # os.fork is refused in-process; a fork bomb through libc (bypassing Python) meets RLIMIT_NPROC
+    # and is killed - every process of it - at the timeout.
+    refused = run_program("import os\nwhile True:\n    os.fork()\n", [])
+    assert refused.status == "error" and refused.error_type == "PermissionError", refused
+    assert any("fork" in v for v in refused.violations)
+
+    bomb = TOKEN + "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()\n"
+    res = run_program(bomb, ["assert True"], timeout_s=2)
+    assert res.status in ("timeout", "error") and res.status != "passed", res
+    assert_no_survivors(token_of(res))
+    assert subprocess.run(["true"]).returncode == 0  # this process can still fork
+
+
+def test_process_count_is_capped_and_orphans_are_killed():
+    # Children that outlive the program (paused, and escaped into their own sessions) are killed.
+    code = TOKEN + (
+        "import ctypes\nlibc = ctypes.CDLL(None)\nn = 0\n"
+        "for _ in range(1000):\n"
+        "    pid = libc.fork()\n"
+        "    if pid == 0:\n"
+        "        libc.setsid()\n"
+        "        libc.pause()\n"
+        "        libc._exit(0)\n"
+        "    if pid < 0:\n"
+        "        break\n"
+        "    n += 1\n"
+        "print(n, flush=True)\n")
+    res = run_program(code, ["assert True"], timeout_s=10)
+    token = token_of(res)
+    assert res.status == "passed", res
+    forked = int(res.stdout.splitlines()[1])
+    assert 0 < forked < 1000
+    if isolation().get("uid"):
+        assert forked < MAX_TASKS
+    assert_no_survivors(token)
+
+
+def test_memory_bomb_is_an_error_and_the_parent_is_fine():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    at_once = run_program("x = bytearray(8 * 1024 ** 3)\n", ["assert True"], memory_mb=256)
+    growing = run_program("chunks = []\nwhile True:\n    chunks.append(b'x' * 10 ** 7)\n", ["assert True"],
+                          memory_mb=256, timeout_s=20)
+    for res in (at_once, growing):
+        assert res.status == "error" and res.error_type == "MemoryError", res
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    assert run_program("x = bytearray(10 ** 6)", ["assert len(x) == 10 ** 6"]).status == "passed"
+
+
+def test_writes_and_deletes_outside_its_dir_are_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    attempts = {
+        "remove": f"import os\nos.remove({str(victim)!r})\n",
+        "overwrite": f"open({str(victim)!r}, 'w').write('gone')\n",
+        "rmtree": f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
+        "rename": f"import os\nos.rename({str(victim)!r}, 'stolen.txt')\n",
+        "new file": f"open({str(tmp_path / 'new.txt')!r}, 'x').write('x')\n",
+        "pathlib": f"import pathlib\npathlib.Path({str(victim)!r}).unlink()\n",
+        "via symlink": f"import os\nos.symlink({str(tmp_path)!r}, 'door')\nopen('door/victim.txt', 'w').write('x')\n",
+        "via dir_fd": f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\nos.unlink('victim.txt', dir_fd=fd)\n",
+        # caught by the program: still recorded, still not a pass
+        "caught": f"import os\ntry:\n    os.remove({str(victim)!r})\nexcept OSError:\n    pass\n",
+    }
+    results = run_many([{"code": code, "tests": ["assert True"]} for code in attempts.values()])
+    for name, res in zip(attempts, results):
+        assert res.status == "error", (name, res)
+        assert res.violations and "outside the sandbox directory" in res.violations[0], (name, res)
+    assert results[-1].error_type == "SandboxViolation"
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
+
+
+def test_file_work_inside_its_dir_is_allowed():
+    code = ("import os, shutil, tempfile\nos.makedirs('a/b')\nopen('a/b/c', 'w').write('1')\n"
+            "os.rename('a/b/c', 'a/b/d')\nos.chmod('a/b/d', 0o600)\nshutil.copyfile('a/b/d', 'e')\n"
+            "shutil.rmtree('a')\nwith tempfile.TemporaryDirectory() as t:\n    open(t + '/x', 'w').write('y')\n"
+            "open(os.path.expanduser('~/f'), 'w').write('z')\nos.remove('e')\n")
+    res = run_program(code, ["assert sorted(os.listdir('.')) == ['f']"])
+    assert res.status == "passed" and res.violations == [], res
+
+
+def test_libc_level_delete_is_stopped_by_file_permissions(tmp_path):
+    if not isolation().get("uid"):
+        pytest.skip("no private uid here (not root): only the in-process audit hook guards files")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    code = (f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"assert libc.unlink({str(victim).encode()!r}) == 0, ctypes.get_errno()\n")
+    res = run_program(code, [])
+    assert res.status == "error" and res.error_type == "AssertionError", res
+    assert res.error_message == "13"  # EACCES
+    assert victim.read_text() == "precious"
+
+
+def _no_connection_arrived(server: socket.socket) -> bool:
+    readable, _, _ = select.select([server], [], [], 0.3)
+    return not readable
+
+
+def test_socket_connect_never_reaches_a_local_listener():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        py = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", [])
+        assert py.status == "error" and py.error_type == "PermissionError", py
+        assert any("network" in v for v in py.violations)
+        assert _no_connection_arrived(server)
+
+        if isolation().get("netns") or isolation().get("userns_netns"):
+            # Bypass Python entirely: raw libc socket()/connect(); the network namespace stops it.
+            raw = (f"import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                   f"fd = libc.socket(2, 1, 0)\nassert fd >= 0, ctypes.get_errno()\n"
+                   f"addr = struct.pack('=H', 2) + struct.pack('!H4s8x', {port}, bytes([127, 0, 0, 1]))\n"
+                   f"assert libc.connect(fd, addr, len(addr)) == 0, ctypes.get_errno()\n")
+            res = run_program(raw, [])
+            assert res.status == "error" and res.error_type == "AssertionError", res
+            assert _no_connection_arrived(server)
+
+
+def test_exit_before_the_tests_is_not_a_pass():
+    quiet = run_program("import os\nos._exit(0)\n", ["assert False"])
+    assert quiet.status == "error" and quiet.error_type == "NoResult" and quiet.returncode == 0, quiet
+    polite = run_program("import sys\nsys.exit(0)\n", ["assert False"])
+    assert polite.status == "error" and polite.error_type == "SystemExit", polite
+    forged = run_program("import os\nprint('{\"status\": \"passed\"}', flush=True)\n"
+                         "os.write(3, b\"{'event': 'done', 'status': 'passed'}\\n\")\nos._exit(0)\n", ["assert False"])
+    assert forged.status == "error", forged
+
+
+def test_segfault_through_ctypes_is_an_error_with_the_signal():
+    res = run_program("import ctypes\nctypes.string_at(0)\n", ["assert True"])
+    assert res.status == "error" and res.error_type == "SIGSEGV" and res.returncode == -11, res
+    assert "SIGSEGV" in res.error_message
+
+
+def test_printing_gigabytes_is_capped_and_quick():
+    start = time.monotonic()
+    res = run_program("import sys\nwhile True:\n    sys.stdout.write('x' * 10 ** 6)\n", ["assert True"],
+                      max_output_bytes=1000, timeout_s=20)
+    assert time.monotonic() - start < 10
+    assert res.status == "error", res  # the write fails once the file-size limit is reached
+    assert res.stdout == "x" * 1000 and res.output_truncated
+
+
+def test_deep_recursion_is_an_error_not_a_crash():
+    python_level = "import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(n):\n    return f(n + 1) + 1\nf(0)\n"
+    c_level = ("import sys, functools\nsys.setrecursionlimit(10 ** 6)\n"
+               "@functools.lru_cache(None)\ndef g(n):\n    return 0 if n == 0 else g(n - 1) + 1\ng(10 ** 6)\n")
+    results = run_many([{"code": c, "tests": ["assert True"], "timeout_s": 20} for c in (python_level, c_level)])
+    for res in results:
+        assert res.status == "error", res
+        assert res.error_type in ("RecursionError", "MemoryError", "SIGSEGV"), res
+    assert run_program("x = 1", ["assert x == 1"]).status == "passed"
+
+
+# ------------------------------------------------------------------------------------------ run_many
+
+def test_run_many_preserves_order_and_survives_hostile_neighbours():
+    n = 6
+    jobs = [{"code": f"import time\ntime.sleep({(n - i) * 0.08})\nprint({i})\nidx = {i}\n",
+             "tests": [f"assert idx == {i}"]} for i in range(n)]
+    jobs[2] = {"code": "while True:\n    pass\n", "tests": ["assert True"], "timeout_s": 1}
+    jobs[4] = {"code": "import ctypes\nctypes.string_at(0)\n", "tests": ["assert True"]}
+    results = run_many(jobs, workers=3)
+    assert [r.status for r in results] == ["passed", "passed", "timeout", "passed", "error", "passed"]
+    assert [r.stdout.strip() for r in results if r.status == "passed"] == ["0", "1", "3", "5"]
+
+    assert run_many([]) == []
+    with pytest.raises(ReasonlabError, match="unknown keys"):
+        run_many([{"code": "", "tests": [], "timeout": 1}])
+
+
+# -------------------------------------------------------------------------------------- extract_code
+
+def test_extract_code():
+    assert extract_code("Sure!\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
+    # the python block wins over an earlier block of another language
+    text = "Run:\n```bash\npip install x\n```\nthen\n```Python3\nprint(2)\n```\n```python\nprint(3)\n```"
+    assert extract_code(text) == "print(2)\n"
+    assert extract_code("```\nx = 1\n```") == "x = 1\n"
+    assert extract_code("```py\nx = 2\n") == "x = 2\n"  # cut off before the closing fence
+    assert extract_code("def f():\n    return 3\n") == "def f():\n    return 3\n"
+    code = extract_code("Here you go:\n```python\ndef add(a, b):\n    return a + b\n```")
+    assert run_program(code, ["assert add(2, 3) == 5"]).status == "passed"
