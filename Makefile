@@ -17,4 +17,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -rs tests
 
-.PHONY: install run test
+# Against $$PREFECT_API_URL: pools cpu/gpu, the gpu tag limit, blocks (idempotent), then every deployment
+deploy: $(VENV)/.installed
+	$(PY) -m deployments.setup
+	$(PY) -m deployments.deploy --all
+
+.PHONY: install run test deploy

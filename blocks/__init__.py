@@ -1,8 +1,15 @@
-"""The project's Prefect Blocks. Register them all with `python -m blocks` (or `prefect block register -m blocks`)."""
+"""The project's Prefect Blocks. Register them all with `python -m blocks` (or `prefect block register -m blocks`).
+
+- `LLMEndpoint` (llm-endpoint): an OpenAI-compatible endpoint or a local model served offline
+- `ModelSpecBlock` (reasonlab-model): a model by registry name / Hub id + revision / local folder, device, dtype
+- `StorageLocation` (reasonlab-storage): the shared REASONLAB_HOME and the task-result storage block
+"""
 
 from blocks.llm_endpoint import LLMEndpoint
+from blocks.model_spec import ModelSpecBlock
+from blocks.storage import StorageLocation
 
-BLOCKS = [LLMEndpoint]
+BLOCKS = [LLMEndpoint, ModelSpecBlock, StorageLocation]
 
 
 def register() -> None:
@@ -10,4 +17,4 @@ def register() -> None:
         block.register_type_and_schema()
 
 
-__all__ = ["BLOCKS", "LLMEndpoint", "register"]
+__all__ = ["BLOCKS", "LLMEndpoint", "ModelSpecBlock", "StorageLocation", "register"]

@@ -6,13 +6,17 @@ data. `Path` inputs are keyed by content (file sha256 / folder fingerprint), and
 torch pickles are not deterministic and hashing weights by pickling is slow. No run id enters
 the key, so a rerun with the same inputs skips the task (Prefect's DEFAULT policy would not).
 
-Results: persisted as JSON under $REASONLAB_HOME/results; large outputs are files under
-$REASONLAB_HOME/runs whose paths are the results. Retries: transient failures only.
+Results: persisted as JSON under $REASONLAB_HOME/results, or in the Prefect filesystem block named
+by $REASONLAB_RESULT_STORAGE (e.g. `local-file-system/reasonlab-results`, set on every flow run by the
+work pools that `deployments.setup` creates from the `StorageLocation` block), so every worker reads
+the same cache records; large outputs are files under $REASONLAB_HOME/runs whose paths are the
+results. Retries: transient failures only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,13 +81,18 @@ def transient_only(task, task_run, state) -> bool:
     return False
 
 
+def result_storage() -> Path | str:
+    """Where task results (and so cache records) live: a storage block slug from the env, else a local dir."""
+    return os.environ.get("REASONLAB_RESULT_STORAGE") or paths.results_dir()
+
+
 def task_options(version: str, *, gpu: bool = False, retries: int = 0) -> dict[str, Any]:
     """The keyword arguments every reasonlab task gets from `@task(**task_options(...))`."""
     return dict(
         cache_policy=PlainInputs(version=version),
         persist_result=True,
         result_serializer="json",
-        result_storage=paths.results_dir(),  # read when tasks/ is imported
+        result_storage=result_storage(),  # read when tasks/ is imported
         tags=[GPU] if gpu else [],
         retries=retries,
         retry_delay_seconds=10,

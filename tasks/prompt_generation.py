@@ -18,6 +18,7 @@ from reasonlab.local_server import serve_local
 from tasks.conventions import task_options
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
+LOCAL_TIMEOUT_S = 900.0  # per request to a model this project serves itself on loopback
 
 
 def resolve_endpoint(endpoint: str | None = None, local_model: str | None = None) -> EndpointConfig:
@@ -45,8 +46,11 @@ def open_client(cfg: EndpointConfig, key_block: str | None = None):
         api_key = load_endpoint(key_block).api_key_value()
     if cfg.is_local:
         with serve_local(cfg.local_model, log_dir=paths.runs_dir() / "llm-server") as server:
+            # A CPU-served model needs minutes for a batch; a timed-out request keeps the server busy, so
+            # retrying it only queues the same work again: wait long, retry little.
             local = replace(cfg.with_server(server.base_url, server.model),
-                            json_mode="none" if cfg.json_mode == "auto" else cfg.json_mode)
+                            json_mode="none" if cfg.json_mode == "auto" else cfg.json_mode,
+                            timeout_s=max(cfg.timeout_s, LOCAL_TIMEOUT_S), max_retries=min(cfg.max_retries, 1))
             yield LLMClient(local), {**cfg.to_dict(), "served_at": server.base_url}
     else:
         yield LLMClient(cfg, api_key=api_key), cfg.to_dict()

@@ -52,7 +52,8 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     out = first.result()
     states, artifacts = task_states(first)
     assert set(states.values()) == {"Completed"}
-    assert set(states) == {"load-prompts", "topk-filter", "check-training-texts", "sft", "evaluate"}
+    assert set(states) == {"load-prompts", "topk-filter", "attribution", "concept-candidates", "check-training-texts",
+                           "sft", "evaluate"}
     assert {"concept-sft-filter", "concept-sft-results", "concept-sft-report"} <= artifacts
     [row] = out["table"]
     assert row["wrong_token"] == inputs["wrong"] and row["answer"] == inputs["answer"]

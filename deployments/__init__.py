@@ -1,0 +1,1 @@
+"""Orchestration set-up and sweep definitions (see deployments/README.md)."""

@@ -1,0 +1,261 @@
+"""An attribution graph for one prompt: build it (math in `attribution.py`), save it, draw it.
+
+    graph = attribution_graph(model, tokenizer, "The primary hormone regulating blood pressure is",
+                              contrastive=(" Ald", " Ren"), tau=0.05)   # the seed's analyze.py call
+    write_graph(graph, "outputs/my_analysis")   # graph.json, graph.png, graph.html
+
+Nodes are named as the seed names them, `L22/N13255`, plus `@pos` for the position (`L22/N13255@9`);
+each carries layer, position, token, neuron, activation, influence and where it came from ("tau": kept by
+pruning; "prompt": one of the top `n_prompt_nodes` nodes at the user's own tokens in middle layers,
+which the seed's stage 4 looks for and which pruning alone may drown in template-position nodes).
+Edges: {source, target, weight}; the target `logit_diff` is the metric itself (weight = influence).
+The ablation check zero-ablates each of the top `ablate_top` nodes and compares the real change of the
+logit difference with the predicted one (-influence): Spearman's rho is the graph's credibility figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonlab import attribution as A
+from reasonlab.errors import ReasonlabError
+from reasonlab.io import atomic_path, write_json
+from reasonlab.prompt_format import build_prompt
+from reasonlab.tokens import token_text
+
+VERSION = "1"
+LOGIT = "logit_diff"
+
+
+def node_id(layer: int, neuron: int, position: int | None = None) -> str:
+    return f"L{layer}/N{neuron}" + ("" if position is None else f"@{position}")
+
+
+def prompt_positions(tokenizer, text: str, prompt: str, n_tokens: int) -> list[int]:
+    """Positions of the tokens that come from the user's prompt (not the template, not the answer prefix)."""
+    start = text.rfind(prompt)
+    if start < 0 or not getattr(tokenizer, "is_fast", False):
+        return list(range(n_tokens - 1))
+    has_bos = tokenizer.bos_token and text.startswith(tokenizer.bos_token)
+    enc = tokenizer(text, add_special_tokens=not has_bos, return_offsets_mapping=True)
+    end = start + len(prompt)
+    return [i for i, (s, e) in enumerate(enc["offset_mapping"])
+            if e > s and s >= start and e <= end and i < n_tokens - 1]
+
+
+def output_tokens(model, tokenizer, layer: int, neurons: list[int], k: int = 5) -> list[dict]:
+    """Logit lens of each neuron's output direction: the tokens its down-projection column writes most (and least)."""
+    proj = A.down_projections(model)[layer]
+    unembed = model.get_output_embeddings().weight  # [vocab, d_model]
+    with torch.no_grad():
+        cols = proj.weight[:, neurons].to(unembed.dtype)  # [d_model, n]
+        scores = (unembed @ cols).float().T  # [n, vocab]
+        up = torch.topk(scores, k, dim=-1).indices
+        down = torch.topk(-scores, k, dim=-1).indices
+    return [{"promotes": [token_text(tokenizer, int(i)) for i in up[j]],
+             "suppresses": [token_text(tokenizer, int(i)) for i in down[j]],
+             "promotes_ids": [int(i) for i in up[j]], "suppresses_ids": [int(i) for i in down[j]]}
+            for j in range(len(neurons))]
+
+
+def case_contrastive(tokenizer, case: dict, fmt: str) -> tuple[str, str]:
+    """(correct, wrong) tokens for a target case of the top-k filter, as they would start the answer in `fmt`.
+
+    Completion format: the filter's own tokens (' al', ' ren'). Chat format, after " Answer:": the answer
+    word and the wrong token capitalised (' Ald', ' Ren', the seed's pair), each kept only if one token.
+    """
+    correct, wrong = case["correct_token"], case["wrong_token"]
+    if fmt != "chat":
+        return correct, wrong
+
+    def first_piece(word: str, fallback: str) -> str:
+        word = word.strip()
+        ids = tokenizer.encode(" " + word[:1].upper() + word[1:], add_special_tokens=False)
+        return token_text(tokenizer, ids[0]) if ids and token_text(tokenizer, ids[0]).strip() else fallback
+
+    correct = first_piece(case["answer"].split()[0], correct)
+    wrong = first_piece(wrong, wrong)
+    return (correct, wrong) if correct != wrong else (case["correct_token"], case["wrong_token"])
+
+
+def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str] | list[str], *, fmt: str = "chat",
+                      system_prompt: str | None = "", answer_prefix: str = " Answer:", tau: float = 0.05,
+                      prune_mode: str = "max", method: str = "act_x_grad", ig_steps: int = 8, max_nodes: int = 30,
+                      n_prompt_nodes: int = 8, late_layers: int | None = None, early_layers: int | None = None,
+                      ablate_top: int = 20) -> dict[str, Any]:
+    """Attribution, pruning, edges and the ablation check for one prompt, as a plain-data graph."""
+    A.check_tau(tau)
+    if method not in A.METHODS:
+        raise ReasonlabError(f"unknown attribution method {method!r}: use one of {A.METHODS}")
+    if prune_mode not in A.PRUNE_MODES:
+        raise ReasonlabError(f"unknown pruning mode {prune_mode!r}: use one of {A.PRUNE_MODES}")
+    a, b = A.contrastive_ids(tokenizer, contrastive)
+    if fmt == "chat":
+        A.check_answer_prefix(tokenizer, build_prompt(tokenizer, prompt, "chat", system_prompt, ""), answer_prefix)
+    text = build_prompt(tokenizer, prompt, fmt, system_prompt, answer_prefix)
+    device = next(model.parameters()).device
+    ids = A.encode_prompt(tokenizer, text, device)  # [1, pos]
+    tokens = A.token_texts(tokenizer, ids)
+
+    attr = A.attribute(model, ids, a, b, method, ig_steps)
+    n_layers, n_pos, d_mlp = attr.influence.shape
+    late = late_layers if late_layers is not None else max(1, round(0.15 * n_layers))
+    early = early_layers if early_layers is not None else round(0.15 * n_layers)  # token-level layers
+    pruned = A.prune_nodes(attr.influence, tau, prune_mode, max_nodes)
+    nodes = list(pruned.nodes)
+    origin = {n: "tau" for n in nodes}
+    # the top nodes at the prompt's own tokens in upstream layers (the seed's intermediate concepts)
+    positions = prompt_positions(tokenizer, text, prompt, n_pos)
+    if n_prompt_nodes and positions and n_layers - late > early:
+        mask = torch.zeros_like(attr.influence, dtype=torch.bool)
+        mask[early: n_layers - late, positions, :] = True
+        scores = torch.where(mask, attr.influence.abs(), torch.zeros(()))
+        for idx in torch.topk(scores.flatten(), n_prompt_nodes).indices:
+            node = tuple(int(i) for i in torch.unravel_index(idx, scores.shape))
+            if scores[node] > 0 and node not in origin:
+                nodes.append(node)
+                origin[node] = "prompt"
+
+    edges = A.compute_edges(model, ids, nodes, a, b)  # [n, n]
+    order = sorted(range(len(nodes)), key=lambda i: -abs(float(attr.influence[nodes[i]])))
+    checked = [nodes[i] for i in order[:ablate_top]]
+    clean, deltas = A.ablation_effects(model, ids, checked, a, b)
+    predicted = [-float(attr.influence[n]) for n in checked]
+    rho = A.rank_agreement(predicted, deltas)
+
+    lens: dict[tuple[int, int], dict] = {}
+    for layer in sorted({l for l, _, _ in nodes}):
+        neurons = sorted({n for l, _, n in nodes if l == layer})
+        lens.update({(layer, n): o for n, o in zip(neurons, output_tokens(model, tokenizer, layer, neurons))})
+    node_rows = []
+    for (l, p, n) in nodes:
+        out = lens[(l, n)]
+        node_rows.append({"id": node_id(l, n, p), "name": node_id(l, n), "layer": l, "position": p, "token": tokens[p],
+                          "neuron": n, "hook": A.HOOK.format(layer=l), "activation": float(attr.activations[l, p, n]),
+                          "gradient": float(attr.gradients[l, p, n]), "influence": float(attr.influence[l, p, n]),
+                          "origin": origin[(l, p, n)], "promotes": out["promotes"], "suppresses": out["suppresses"],
+                          "writes_contrastive": a in out["promotes_ids"] + out["suppresses_ids"]
+                          or b in out["promotes_ids"] + out["suppresses_ids"]})
+    edge_rows = [{"source": node_rows[i]["id"], "target": node_rows[j]["id"], "weight": float(edges[i, j])}
+                 for i in range(len(nodes)) for j in range(len(nodes)) if float(edges[i, j]) != 0.0]
+    edge_rows += [{"source": r["id"], "target": LOGIT, "weight": r["influence"]} for r in node_rows]
+    return {
+        "version": VERSION, "prompt": prompt, "format": fmt, "system_prompt": system_prompt,
+        "answer_prefix": answer_prefix, "text": text, "tokens": tokens, "contrastive": list(contrastive),
+        "contrastive_ids": [a, b], "metric": f"logit({contrastive[0]!r}) - logit({contrastive[1]!r})",
+        "logit_diff": attr.metric, "method": method, "n_layers": n_layers, "d_mlp": d_mlp,
+        "prompt_positions": positions, "late_layers": late, "early_layers": early,
+        "prune": {"tau": tau, "mode": prune_mode, "max_nodes": max_nodes, "threshold": pruned.threshold,
+                  "kept": len(pruned.nodes), "capped": pruned.capped, "total_abs_influence": pruned.total_abs,
+                  "kept_abs_influence": pruned.kept_abs},
+        "nodes": node_rows, "edges": edge_rows,
+        "ablation": {"method": "zero-ablate one neuron at one position", "clean_logit_diff": clean,
+                     "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": predicted, "real": deltas,
+                     "spearman": rho},
+    }
+
+
+# ---------------------------------------------------------------------------- persistence and pictures
+
+def write_graph(graph: dict, out_dir: Path | str) -> dict[str, str]:
+    """graph.json, graph.png and graph.html under out_dir (each written atomically); returns their paths."""
+    out_dir = Path(out_dir)
+    files = {"json": out_dir / "graph.json", "png": out_dir / "graph.png", "html": out_dir / "graph.html"}
+    write_json(files["json"], graph)
+    with atomic_path(files["png"]) as tmp:
+        render_png(graph, tmp)
+    with atomic_path(files["html"]) as tmp:
+        tmp.write_text(render_html(graph, files["png"].read_bytes()))
+    return {k: str(v) for k, v in files.items()}
+
+
+def render_png(graph: dict, path: Path) -> None:
+    """Layers up, positions across; node area ~ |influence|, blue pushes toward the first token, red the second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = graph["nodes"]
+    positions = sorted({n["position"] for n in nodes}) or [0]
+    col = {p: i for i, p in enumerate(positions)}
+    # nodes sharing (layer, position) fan out a little so labels stay readable
+    slots: dict[tuple[int, int], int] = {}
+    xy = {}
+    for n in sorted(nodes, key=lambda n: -abs(n["influence"])):
+        k = (n["layer"], n["position"])
+        s = slots.get(k, 0)
+        slots[k] = s + 1
+        xy[n["id"]] = (col[n["position"]] + 0.3 * ((s + 1) // 2) * (-1) ** s, n["layer"])
+    top_y = graph["n_layers"] + 1
+    xy[LOGIT] = ((len(positions) - 1) / 2, top_y)
+    biggest = max((abs(n["influence"]) for n in nodes), default=1.0) or 1.0
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(positions) + 3), 9))
+    weights = [abs(e["weight"]) for e in graph["edges"]] or [1.0]
+    wmax = max(weights) or 1.0
+    for e in graph["edges"]:
+        if abs(e["weight"]) < 0.05 * wmax:
+            continue
+        (x0, y0), (x1, y1) = xy[e["source"]], xy[e["target"]]
+        ax.plot([x0, x1], [y0, y1], color="tab:blue" if e["weight"] > 0 else "tab:red",
+                alpha=0.15 + 0.6 * abs(e["weight"]) / wmax, lw=0.5 + 2 * abs(e["weight"]) / wmax, zorder=1)
+    for n in nodes:
+        x, y = xy[n["id"]]
+        ax.scatter([x], [y], s=40 + 900 * abs(n["influence"]) / biggest, zorder=2,
+                   color="tab:blue" if n["influence"] > 0 else "tab:red",
+                   edgecolors="black" if n["origin"] == "prompt" else "none", linewidths=1.5)
+        ax.annotate(f"{n['name']}\n{n['influence']:+.2f}", (x, y), fontsize=7, ha="center", va="bottom",
+                    xytext=(0, 6), textcoords="offset points", zorder=3)
+    ax.scatter([xy[LOGIT][0]], [top_y], marker="s", s=300, color="black", zorder=2)
+    a, b = graph["contrastive"]
+    ax.annotate(f"logit({a!r}) - logit({b!r}) = {graph['logit_diff']:+.2f}", xy[LOGIT], fontsize=9, ha="center",
+                va="bottom", xytext=(0, 10), textcoords="offset points")
+    ax.set_xticks(range(len(positions)))
+    ax.set_xticklabels([f"{p}\n{graph['tokens'][p]!r}" for p in positions], fontsize=8)
+    ax.set_ylabel("layer")
+    ax.set_ylim(-1, top_y + 2)
+    rho = graph["ablation"]["spearman"]
+    ax.set_title(f"{graph['prompt']!r}  ({graph['format']}, {graph['method']}, tau={graph['prune']['tau']}, "
+                 f"{graph['prune']['mode']})\nblue: toward {a!r}, red: toward {b!r}; black ring: prompt-token node;"
+                 f" ablation rank agreement rho={'n/a' if rho is None else f'{rho:.2f}'}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def render_html(graph: dict, png: bytes) -> str:
+    """One self-contained page: the picture, then sortable node and edge tables (click a header)."""
+    def table(rows: list[dict], cols: list[str], tid: str) -> str:
+        head = "".join(f"<th onclick=\"sortBy('{tid}',{i})\">{html.escape(c)}</th>" for i, c in enumerate(cols))
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in cols) + "</tr>"
+                       for r in rows)
+        return f"<table id='{tid}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    nodes = sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))
+    edges = sorted(graph["edges"], key=lambda e: -abs(e["weight"]))[:300]
+    script = ("function sortBy(t,c){const b=document.querySelector('#'+t+' tbody');const r=[...b.rows];"
+              "const k=x=>{const v=x.cells[c].textContent;const n=parseFloat(v);return isNaN(n)?v:Math.abs(n)};"
+              "r.sort((x,y)=>{const p=k(x),q=k(y);return p<q?1:p>q?-1:0});r.forEach(x=>b.appendChild(x));}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>attribution: {html.escape(graph['prompt'])}"
+            f"</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;font-size:13px}}"
+            f"th{{cursor:pointer;background:#eee}}</style><script>{script}</script></head><body>"
+            f"<h2>{html.escape(graph['metric'])} = {graph['logit_diff']:+.3f}</h2>"
+            f"<p><code>{html.escape(graph['text'])}</code></p>"
+            f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' style='max-width:100%'>"
+            f"<h3>Nodes</h3>" + table(nodes, ["id", "token", "activation", "influence", "origin", "promotes"], "nodes")
+            + "<h3>Edges</h3>" + table(edges, ["source", "target", "weight"], "edges")
+            + f"<h3>Ablation check</h3><p>Spearman rho = {graph['ablation']['spearman']}</p></body></html>")
+
+
+def read_graph(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ReasonlabError(f"no attribution graph at {path}")
+    return json.loads(path.read_text())

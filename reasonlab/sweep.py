@@ -1,0 +1,163 @@
+"""Sweep definitions and their comparison: plain data in, plain data (and a PNG) out. No Prefect here.
+
+A sweep runs one deployment once per (model x parameter set) and compares the runs:
+
+    name: concept-sft-models
+    deployment: concept-sft/concept-sft      # "flow name/deployment name"
+    model_parameter: model                    # the flow parameter that takes the model
+    base_parameters: {eval_formats: [completion]}
+    models: [smollm2-135m-instruct, block:qwen]
+    parameter_sets:                           # optional; default: one set named "default"
+      - {name: default}
+      - {name: top5, top_k: 5}
+
+`flows/sweep.py` fans the children out and waits; `comparison_rows` and `plot_comparison` turn the
+children's summaries into the one table + plot the sweep publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reasonlab.errors import ReasonlabError
+from reasonlab.io import atomic_path, read_structured
+
+SWEEP_FIELDS = {"name", "deployment", "model_parameter", "base_parameters", "models", "parameter_sets"}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep: `deployment` run for every model x parameter set."""
+
+    name: str
+    deployment: str
+    models: list[str]
+    parameter_sets: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "default"}])
+    base_parameters: dict[str, Any] = field(default_factory=dict)
+    model_parameter: str = "model"
+
+    def children(self) -> list[dict[str, Any]]:
+        """[{label, model, set, parameters}] in model-major order; labels are unique."""
+        out = []
+        for model in self.models:
+            for pset in self.parameter_sets:
+                overrides = {k: v for k, v in pset.items() if k != "name"}
+                out.append({"label": f"{short_model(model)} | {pset['name']}", "model": model, "set": pset["name"],
+                            "parameters": {**self.base_parameters, **overrides, self.model_parameter: model}})
+        return out
+
+
+def short_model(model: str) -> str:
+    """A readable name for a model reference (a folder's name, a Hub id's repo, a block's name)."""
+    return Path(model.rstrip("/")).name if model.startswith(("/", ".", "~")) else model
+
+
+def parse_sweep(data: dict[str, Any], where: str = "sweep") -> SweepSpec:
+    """Validate a sweep definition; one ReasonlabError naming the field otherwise."""
+    if not isinstance(data, dict):
+        raise ReasonlabError(f"{where}: a sweep definition is a mapping, got {type(data).__name__}")
+    unknown = set(data) - SWEEP_FIELDS
+    if unknown:
+        raise ReasonlabError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(SWEEP_FIELDS)}")
+    deployment = data.get("deployment", "concept-sft/concept-sft")
+    if not isinstance(deployment, str) or deployment.count("/") != 1:
+        raise ReasonlabError(f"{where}: deployment must be 'flow name/deployment name', got {deployment!r}")
+    models = data.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+        raise ReasonlabError(f"{where}: models must be a non-empty list of model names, got {models!r}")
+    if len(set(models)) != len(models):
+        raise ReasonlabError(f"{where}: models has duplicates: {models}")
+    sets = data.get("parameter_sets") or [{"name": "default"}]
+    if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
+        raise ReasonlabError(f"{where}: parameter_sets must be a list of mappings, got {sets!r}")
+    for i, s in enumerate(sets):
+        if not isinstance(s.get("name"), str) or not s["name"]:
+            raise ReasonlabError(f"{where}: parameter_sets[{i}] needs a name")
+    if len({s["name"] for s in sets}) != len(sets):
+        raise ReasonlabError(f"{where}: parameter set names repeat: {[s['name'] for s in sets]}")
+    base = data.get("base_parameters") or {}
+    if not isinstance(base, dict):
+        raise ReasonlabError(f"{where}: base_parameters must be a mapping, got {base!r}")
+    model_parameter = data.get("model_parameter", "model")
+    for i, s in enumerate(sets):
+        if model_parameter in s:
+            raise ReasonlabError(f"{where}: parameter_sets[{i}] sets {model_parameter!r}: models come from `models`")
+    return SweepSpec(name=str(data.get("name") or "sweep"), deployment=deployment, models=list(models),
+                     parameter_sets=[dict(s) for s in sets], base_parameters=dict(base),
+                     model_parameter=model_parameter)
+
+
+def load_sweep(path: Path | str) -> SweepSpec:
+    return parse_sweep(read_structured(path), where=str(path))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def child_metrics(filter_table: list[dict] | None, results_table: list[dict] | None) -> dict[str, Any]:
+    """The concept-SFT numbers of one child, from its `concept-sft-filter` / `concept-sft-results` tables."""
+    rows = results_table or []
+    return {
+        "target_cases": None if filter_table is None else sum(r.get("kept") == "yes" for r in filter_table),
+        "base_p_correct": _mean([r["base_p_correct"] for r in rows]),
+        "sft_p_correct": _mean([r["sft_p_correct"] for r in rows]),
+        "correct_gain": _mean([r["correct_gain"] for r in rows]),
+        "flipped": sum(bool(r.get("flipped")) for r in rows) if rows else None,
+    }
+
+
+def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per child: label, state, duration, task reuse, metrics (None where not measured)."""
+    out = []
+    for c in children:
+        tasks = c.get("task_states", {})
+        out.append({"child": c["label"], "model": c["model"], "set": c["set"], "state": c["state"],
+                    "flow_run": c.get("flow_run_name"), "flow_run_id": c.get("flow_run_id"), "duration_s": c.get("duration_s"),
+                    "tasks": len(tasks), "tasks_cached": sum(s == "Cached" for s in tasks.values()),
+                    **c.get("metrics", {})})
+    return out
+
+
+def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None) -> str:
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")
+
+    cols = ["child", "state", "duration_s", "tasks_cached", "tasks", "target_cases", "base_p_correct",
+            "sft_p_correct", "correct_gain", "flipped"]
+    lines = [f"# Sweep `{name}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    if png is not None:
+        lines += ["", f"Plot: `{png}`"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> Path:
+    """Grouped bars per child: mean p(correct) before and after SFT (target cases; none: an empty slot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["child"] for r in rows]
+    base = [r.get("base_p_correct") or 0.0 for r in rows]
+    tuned = [r.get("sft_p_correct") or 0.0 for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 3.6), dpi=100)
+    ax.bar([x - 0.2 for x in xs], base, width=0.4, label="base p(correct)", color="#8da0cb")
+    ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="SFT p(correct)", color="#66c2a5")
+    for x, r in zip(xs, rows):
+        note = "no target cases" if r.get("target_cases") == 0 else r["state"] if r["state"] != "Completed" else None
+        if note:
+            ax.text(x, 0.002, note, ha="center", va="bottom", fontsize=8, rotation=90)
+    ax.set_xticks(list(xs), labels, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("mean p(correct answer)")
+    ax.set_title(f"sweep {name}: base vs SFT", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(dest)

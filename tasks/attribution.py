@@ -1,0 +1,68 @@
+"""Concept-SFT stages 3-4 as Prefect tasks: the attribution graph of a target case, then its concept candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from reasonlab import attribution_graph as ag
+from reasonlab import concepts
+from reasonlab.io import write_json
+from reasonlab.llm_client import EndpointConfig
+from reasonlab.model_loader import ResolvedModel, load_model
+from tasks.conventions import task_options
+from tasks.prompt_generation import open_client
+
+
+@task(name="attribution", **task_options(ag.VERSION + "." + concepts.VERSION, gpu=True, retries=1))
+def attribute_case(model: ResolvedModel, case: dict, out_dir: str, fmt: str = "chat", system_prompt: str = "",
+                   answer_prefix: str = " Answer:", contrastive: list[str] | None = None, tau: float = 0.05,
+                   prune_mode: str = "max", method: str = "act_x_grad", max_nodes: int = 30,
+                   n_prompt_nodes: int = 8, ablate_top: int = 20, device: str = "auto", dtype: str = "auto") -> dict:
+    """Stage 3: graph.json / graph.png / graph.html under out_dir for one target case; returns the summary."""
+    lm, tokenizer = load_model(model, device, dtype)
+    pair = tuple(contrastive) if contrastive else ag.case_contrastive(tokenizer, case, fmt)
+    graph = ag.attribution_graph(lm, tokenizer, case["prompt"], pair, fmt=fmt, system_prompt=system_prompt,
+                                 answer_prefix=answer_prefix, tau=tau, prune_mode=prune_mode, method=method,
+                                 max_nodes=max_nodes, n_prompt_nodes=n_prompt_nodes, ablate_top=ablate_top)
+    files = ag.write_graph(graph, out_dir)
+    rho = graph["ablation"]["spearman"]
+    get_run_logger().info(f"{case['prompt']!r}: {graph['metric']} = {graph['logit_diff']:+.3f}, "
+                          f"{len(graph['nodes'])} nodes, ablation rho = {rho} -> {files['png']}")
+    top = sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))[:10]
+    return {"prompt": case["prompt"], "contrastive": list(pair), "metric": graph["metric"],
+            "logit_diff": graph["logit_diff"], "nodes": len(graph["nodes"]), "edges": len(graph["edges"]),
+            "spearman": rho, "ablated": len(graph["ablation"]["nodes"]), "files": files,
+            "top_nodes": [{k: n[k] for k in ("id", "token", "influence", "activation", "origin")} for n in top]}
+
+
+@task(name="concept-candidates", **task_options(concepts.VERSION, gpu=True, retries=1))
+def concept_candidates(model: ResolvedModel, graph_file: Path, out_file: str, corpus: Path | None = None,
+                       n_candidates: int = 5, n_contexts: int = 32, k: int = 3, device: str = "auto",
+                       dtype: str = "auto") -> list[dict]:
+    """Stage 4: rank the graph's nodes as concept candidates, describe each by its top corpus contexts."""
+    graph = ag.read_graph(graph_file)
+    ranked = concepts.rank_candidates(graph, n_candidates)
+    logger = get_run_logger()
+    if corpus is None and not concepts.default_corpus().is_file():
+        logger.warning(f"no reference corpus at {concepts.default_corpus()}: candidates without top contexts")
+        contexts = [[] for _ in ranked["candidates"]]
+    else:
+        lm, tokenizer = load_model(model, device, dtype)
+        texts = concepts.load_corpus(corpus, n_contexts)
+        contexts = concepts.top_activating_contexts(lm, tokenizer, texts,
+                                                    [(c["layer"], c["neuron"]) for c in ranked["candidates"]], k=k)
+    described = concepts.describe(ranked["candidates"], contexts)
+    write_json(out_file, {"graph": str(graph_file), "candidates": described, "rejected": ranked["rejected"]})
+    logger.info(f"{len(described)} concept candidates ({len(ranked['rejected'])} nodes rejected) -> {out_file}")
+    return described
+
+
+@task(name="label-concepts", **task_options(concepts.VERSION, retries=1))
+def label_concepts(endpoint: EndpointConfig, candidates: list[dict], key_block: str | None = None) -> list[dict]:
+    """Stage 4, optional (the seed's analyze.py without --no-llm): an LLM-written label per candidate."""
+    with open_client(endpoint, key_block) as (client, _info):
+        labels = [(client.chat(concepts.label_messages(c, c["contexts"]), label="concept-label", max_tokens=24,
+                               temperature=0.0).content or "").strip().splitlines()[0:1] for c in candidates]
+    return [{**c, "label": (lab[0].strip(" .\"'") if lab else None)} for c, lab in zip(candidates, labels)]
