@@ -9,7 +9,6 @@ and the real change of the logit difference, for act x grad and for integrated g
 """
 
 import argparse
-import time
 
 import torch
 
@@ -17,17 +16,9 @@ from reasonlab import attribution as A
 from reasonlab.attribution_graph import attribution_graph
 from reasonlab.model_loader import load_model, resolve_model
 from reasonlab.prompt_format import build_prompt
+from timing import timed
 
 PROMPT = "The primary hormone regulating blood pressure is"
-
-
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:

@@ -4,21 +4,12 @@
 """
 
 import argparse
-import time
 
 from reasonlab.model_loader import load_model, resolve_model
 from reasonlab.paths import project_root
 from reasonlab.prompts import load_prompts
 from reasonlab.topk_filter import filter_prompts
-
-
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from timing import timed
 
 
 def main() -> None:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from reasonlab import paths
@@ -28,40 +26,14 @@ from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.sweep import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
                              plot_comparison)
-
-
-def find_input(path: str) -> Path:
-    """A path as given, else relative to the checkout (so the deployment's relative sweep path works anywhere)."""
-    given = Path(path).expanduser()
-    return given.resolve() if given.exists() or given.is_absolute() else (paths.project_root() / given).resolve()
-
-
-async def read_child(flow_run_id) -> tuple[dict[str, str], dict[str, Any]]:
-    """({task run name: state}, {artifact key: parsed data}) of a child run (raw filters: see tasks/run_info.py)."""
-    by_run = {"id": {"any_": [str(flow_run_id)]}}
-    async with get_client() as client:
-        runs = await client._client.post("/task_runs/filter", json={
-            "flow_runs": by_run, "sort": "EXPECTED_START_TIME_ASC", "limit": 200, "offset": 0})
-        arts = await client._client.post("/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "sort": "CREATED_DESC",
-            "limit": 200, "offset": 0})
-    states = {r["name"]: r["state"]["name"] for r in runs.json()}
-    artifacts = {}
-    for a in arts.json():
-        if a.get("key") and a["key"] not in artifacts:  # newest first
-            data = a.get("data")
-            try:
-                artifacts[a["key"]] = json.loads(data) if a.get("type") == "table" and isinstance(data, str) else data
-            except json.JSONDecodeError:
-                artifacts[a["key"]] = data
-    return states, artifacts
+from tasks.run_info import read_flow_run
 
 
 async def run_child(deployment: str, child: dict[str, Any], sweep_name: str, poll_s: float) -> dict[str, Any]:
     flow_run = await run_deployment(name=deployment, parameters=child["parameters"], timeout=None,
                                     poll_interval=poll_s, tags=[f"sweep:{sweep_name}"],
                                     flow_run_name=f"{sweep_name}: {child['label']}")
-    states, artifacts = await read_child(flow_run.id)
+    states, artifacts = await read_flow_run(flow_run.id)
     duration = None
     if flow_run.start_time and flow_run.end_time:
         duration = round((flow_run.end_time - flow_run.start_time).total_seconds(), 2)
@@ -95,7 +67,7 @@ async def model_sweep(
     logger = get_run_logger()
     data: dict[str, Any] = {}
     if sweep:
-        data = dict(load_sweep(find_input(sweep)).__dict__)
+        data = dict(load_sweep(paths.find_input(sweep)).__dict__)
     overrides = {"models": models, "parameter_sets": parameter_sets, "deployment": deployment,
                  "base_parameters": base_parameters, "name": name}
     data.update({k: v for k, v in overrides.items() if v is not None})

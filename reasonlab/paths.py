@@ -33,3 +33,11 @@ def model_cache_dir() -> Path:
 def project_root() -> Path:
     """The checkout this package was installed from (configs/ and data/ live there)."""
     return Path(__file__).resolve().parent.parent
+
+
+def find_input(path: str | Path) -> Path:
+    """A path as given, else relative to the checkout (so a deployment's relative defaults work from any cwd)."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given.resolve()
+    return (project_root() / given).resolve()
