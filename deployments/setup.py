@@ -61,9 +61,10 @@ async def setup(config: SetupConfig) -> dict:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.filesystems import LocalFileSystem
 
-    from blocks import ModelSpecBlock, StorageLocation, register
+    from blocks import BLOCKS, ModelSpecBlock, StorageLocation
 
-    register()
+    for block in BLOCKS:  # the async form: the sync one only returns a coroutine inside this event loop
+        await block.aregister_type_and_schema()
     results_dir = Path(config.home) / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     await LocalFileSystem(basepath=str(results_dir)).save(RESULTS_BLOCK, overwrite=True)

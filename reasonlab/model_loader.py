@@ -159,19 +159,28 @@ def forward_passes() -> int:
     return FORWARD_PASSES
 
 
+def load_tokenizer(resolved: ResolvedModel):
+    """The model's tokenizer alone (cheap: for checks before any model work), pad token set."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"revision": resolved.revision} if resolved.revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_fresh(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", train: bool = False):
     """Load a new (uncached) model + tokenizer: for training, which mutates the weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"revision": resolved.revision} if resolved.revision else {}
-    tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
+    tokenizer = load_tokenizer(resolved)
     model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs).to(dev)
     model.train(train)
     model.register_forward_pre_hook(_count_forward, with_kwargs=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 

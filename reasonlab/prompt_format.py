@@ -35,6 +35,18 @@ def apply_template(tokenizer, system_prompt: str | None, role: str, content: str
         raise ReasonlabError(f"the chat template rejected a {role} turn: {e}") from None
 
 
+def require_formats(tokenizer, formats: list[str], model_name: str) -> None:
+    """One error, before any model work, when a requested format cannot be built for this tokenizer."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ReasonlabError(f"unknown prompt format {unknown[0]!r}: use one of {FORMATS}")
+    if "chat" in formats and not getattr(tokenizer, "chat_template", None):
+        raise ReasonlabError(f"model {model_name!r} has no chat template, so the 'chat' format cannot be built: "
+                             "ask for the 'completion' format only (--filter-format completion --eval-formats "
+                             "completion --attribution-format completion) and train without it "
+                             "(--no-use-chat-template, or use_chat_template: false in the SFT config)")
+
+
 def build_prompt(tokenizer, prompt: str, fmt: Format = "completion", system_prompt: str | None = "",
                  answer_prefix: str = " Answer:") -> str:
     """The text whose next token is the model's answer to `prompt`."""

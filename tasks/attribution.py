@@ -29,7 +29,8 @@ def attribute_case(model: ResolvedModel, case: dict, out_dir: str, fmt: str = "c
     files = ag.write_graph(graph, out_dir)
     rho = graph["ablation"]["spearman"]
     get_run_logger().info(f"{case['prompt']!r}: {graph['metric']} = {graph['logit_diff']:+.3f}, "
-                          f"{len(graph['nodes'])} nodes, ablation rho = {rho} -> {files['png']}")
+                          f"{len(graph['nodes'])} nodes, ablation rho = {'n/a' if rho is None else f'{rho:.3f}'} "
+                          f"-> {files['png']}")
     top = sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))[:10]
     return {"prompt": case["prompt"], "contrastive": list(pair), "metric": graph["metric"],
             "logit_diff": graph["logit_diff"], "nodes": len(graph["nodes"]), "edges": len(graph["edges"]),

@@ -83,4 +83,8 @@ def test_bad_inputs_fail_before_any_model_work(inputs, tmp_path):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS, epoch=3))
     with pytest.raises(ReasonlabError, match="unknown prompt format 'qa'"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["qa"])
+    forwards = model_loader.forward_passes()
+    with pytest.raises(ReasonlabError, match="has no chat template, so the 'chat' format cannot be built"):
+        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["chat"])
+    assert model_loader.forward_passes() == forwards
     assert not (tmp_path / "ckpt").exists()

@@ -160,6 +160,8 @@ def test_setup_is_idempotent_and_pools_carry_device_and_storage(cluster):
     assert "CUDA_VISIBLE_DEVICES" not in pools["cpu"]["base_job_template"]["variables"]["properties"]["env"]["default"]
     limits = cluster.post("/v2/concurrency_limits/filter", {"limit": 50, "offset": 0})
     assert [(lim["name"], lim["limit"]) for lim in limits] == [("tag:gpu", 1)]  # one, not two, after two setups
+    types = {t["slug"] for t in cluster.post("/block_types/filter", {"limit": 200, "offset": 0})}
+    assert {"llm-endpoint", "reasonlab-model", "reasonlab-storage"} <= types  # registered even with no document
     docs = cluster.post("/block_documents/filter", {"limit": 100, "offset": 0, "include_secrets": False})
     names = sorted(f"{d['block_type']['slug']}/{d['name']}" for d in docs if not d.get("is_anonymous"))
     assert names == ["local-file-system/reasonlab-results", "reasonlab-model/default-model",
