@@ -39,7 +39,10 @@ def test_images_install_the_project_with_the_makefile(dockerfile):
     runs = run_lines(dockerfile)
     assert any(re.search(r"\bmake install PYTHON=python3(\.11)?\b", r) for r in runs), runs
     text = dockerfile.read_text()
-    for needed in ("pyproject.toml", "Makefile", "reasonlab/", "tasks/", "flows/", "blocks/"):
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed_dirs = [f"{pattern.rstrip('*')}/" for pattern in packages]  # every installed package, before install
+    assert "deployments/" in needed_dirs
+    for needed in ("pyproject.toml", "Makefile", *needed_dirs):
         assert re.search(rf"^COPY .*{re.escape(needed)}", text, re.M), f"{dockerfile.name} does not copy {needed}"
     assert 'ENTRYPOINT ["/opt/reasonlab/docker/worker-entrypoint.sh"]' in text
     assert (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().startswith("#")
