@@ -44,14 +44,4 @@ def resolve_model_ref(ref: str) -> ResolvedModel:
     if name is None:
         return resolve_model(ref)
     block = load_model_block(name)
-    if block.revision:
-        if "/" not in block.model or block.model.startswith((".", "/", "~")):
-            raise ReasonlabError(f"reasonlab-model block {name!r}: a revision needs a Hub id, got model {block.model!r}")
-        from reasonlab.model_loader import _from_hub  # the loader's Hub path, at the pinned commit
-
-        try:
-            return _from_hub(block.model, block.model, block.revision)
-        except Exception as e:
-            raise ReasonlabError(f"reasonlab-model block {name!r}: {block.model}@{block.revision} could not be "
-                                 f"downloaded ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return resolve_model(block.model)
+    return resolve_model(block.model, revision=block.revision or None)

@@ -23,27 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.model_blocks import decoder_layers, num_layers
 
 
 def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
-
-
-def decoder_layers(model):
-    """The model's decoder blocks (an nn.ModuleList of length config.num_hidden_layers)."""
-    import torch
-
-    n = num_layers(model)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.endswith("layers") and len(module) == n:
-            return module
-    raise ReasonlabError(f"cannot find the {n} decoder layers of {type(model).__name__}")
-
-
-def num_layers(model) -> int:
-    cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    return int(cfg.num_hidden_layers)
 
 
 def check_layers(model, layers: Sequence[int]) -> list[int]:

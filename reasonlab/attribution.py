@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.model_blocks import decoder_layers
 from reasonlab.tokens import token_text
 
 VERSION = "1"
@@ -39,16 +40,6 @@ PRUNE_MODES = ("total", "max", "cumulative")
 
 
 # ---------------------------------------------------------------------------- model plumbing
-
-def decoder_layers(model) -> list:
-    """The decoder blocks of an HF causal LM (Llama, Qwen2, Gemma/Gemma3, Phi, GPT-NeoX-like)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
-    for name in ("layers", "h", "blocks"):
-        layers = getattr(decoder, name, None)
-        if layers is not None:
-            return list(layers)
-    raise ReasonlabError(f"cannot find the decoder layers of {type(model).__name__}")
-
 
 def down_projections(model) -> list[torch.nn.Module]:
     """Per layer, the MLP's down-projection (its input is the neuron activation vector)."""

@@ -53,7 +53,7 @@ def rank_candidates(graph: dict, n: int = 5) -> dict[str, list[dict]]:
 
 def default_corpus() -> Path:
     """PubMedQA's labelled set in the shared data folder beside the checkout (../shared/data)."""
-    return paths.project_root().parent / "shared" / "data" / DEFAULT_CORPUS
+    return paths.shared_data_dir() / DEFAULT_CORPUS
 
 
 def load_corpus(path: Path | str | None = None, n: int = 64) -> list[str]:

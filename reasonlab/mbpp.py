@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.paths import project_root
+from reasonlab.paths import shared_data_dir
 
 SPLITS = ("sae", "hyperparams", "validation")
 REQUIRED = ("task_id", "text", "test_list")  # + cyclomatic_complexity (computed when a `code` column allows)
@@ -30,8 +30,8 @@ DEFAULT_SEED = 42
 
 
 def default_mbpp_path() -> Path:
-    """The offline copy: ../shared/data/mbpp/mbpp.jsonl beside the checkout."""
-    return project_root().parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
+    """The offline copy: mbpp/mbpp.jsonl in the shared data folder (../shared/data beside the checkout)."""
+    return shared_data_dir() / "mbpp" / "mbpp.jsonl"
 
 
 # ---------------------------------------------------------------- complexity (pure)

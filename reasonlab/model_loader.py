@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,12 +73,14 @@ def _from_hub(name: str, hub_id: str, revision: str | None) -> ResolvedModel:
     return ResolvedModel(name=name, source=hub_id, revision=commit, fingerprint=f"hub:{hub_id}@{commit}")
 
 
-def resolve_model(name: str, source: Source = "auto") -> ResolvedModel:
-    """Find exact weights for `name` (registry name, local folder or Hub id)."""
+def resolve_model(name: str, source: Source = "auto", revision: str | None = None) -> ResolvedModel:
+    """Find exact weights for `name` (registry name, local folder or Hub id); `revision` pins Hub weights."""
     if not name or not isinstance(name, str):
         raise ReasonlabError(f"model name must be a non-empty string, got {name!r}")
     path = Path(name).expanduser()
     if _is_hf_folder(path):
+        if revision:
+            raise ReasonlabError(f"model {name!r} is a local folder: a revision ({revision!r}) needs a Hub id")
         return _from_folder(path.name, path)
     spec = REGISTRY.get(name)
     if spec is None:
@@ -90,6 +92,10 @@ def resolve_model(name: str, source: Source = "auto") -> ResolvedModel:
                 "not a local model folder, and not a Hub id of the form owner/name"
             )
         spec = ModelSpec(name=name, hub_id=name)
+    if revision:  # only the Hub has a given commit: no local copy or offline conversion stands in for it
+        if not spec.hub_id:
+            raise ReasonlabError(f"model {name!r} has no Hub id, so revision {revision!r} cannot be fetched")
+        spec, source = replace(spec, revision=revision), "hub"
 
     if spec.local_path and source in ("auto", "local") and _is_hf_folder(Path(spec.local_path)):
         return _from_folder(spec.name, Path(spec.local_path))

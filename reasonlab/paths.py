@@ -35,6 +35,13 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def shared_data_dir() -> Path:
+    """The offline datasets (GSM8K, MBPP, HotPotQA, MedQA, PubMedQA): `REASONLAB_SHARED_DATA`, else
+    ../shared/data beside the checkout."""
+    override = os.environ.get("REASONLAB_SHARED_DATA")
+    return Path(override).expanduser() if override else project_root().parent / "shared" / "data"
+
+
 def find_input(path: str | Path) -> Path:
     """A path as given, else relative to the checkout (so a deployment's relative defaults work from any cwd)."""
     given = Path(path).expanduser()

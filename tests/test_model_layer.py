@@ -29,6 +29,15 @@ def test_hub_only_model_offline_says_what_was_tried():
     assert "google/gemma-2-2b-it" in str(err.value) and "offline source: none registered" in str(err.value)
 
 
+def test_a_revision_pins_hub_weights_only(stories_path):
+    with pytest.raises(ReasonlabError, match="is a local folder: a revision .* needs a Hub id"):
+        resolve_model(str(stories_path), revision="abc123")
+    # materialized offline, yet a pinned commit can only come from the Hub (unreachable here): no stand-in
+    with pytest.raises(ReasonlabError, match=r"could not be obtained\. Tried the Hub \(HuggingFaceTB/SmolLM2"):
+        resolve_model("smollm2-135m-instruct", revision="0123456789abcdef")
+    assert resolve_model("smollm2-135m-instruct").revision is None  # without one, the offline copy serves
+
+
 def test_local_folder_fingerprint_is_stable_and_tracks_content(tmp_path, stories_path):
     copy = tmp_path / "stories"
     shutil.copytree(stories_path, copy)
