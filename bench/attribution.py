@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
-from reasonlab import attribution as A
-from reasonlab.attribution_graph import attribution_graph
-from reasonlab.model_loader import load_model, resolve_model
+from reasonlab.concept_sft import attribution as A
+from reasonlab.concept_sft.attribution_graph import attribution_graph
+from reasonlab.models import load_model, resolve_model
 from reasonlab.prompt_format import build_prompt
 from timing import timed
 

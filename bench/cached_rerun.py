@@ -14,19 +14,19 @@ os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "rea
 os.environ["REASONLAB_HOME"] = tempfile.mkdtemp(prefix="reasonlab-bench-")  # before tasks/ is imported
 
 from flows.concept_sft import concept_sft  # noqa: E402
-from reasonlab import model_loader  # noqa: E402
-from reasonlab.model_loader import resolve_model  # noqa: E402
+from reasonlab import models  # noqa: E402
+from reasonlab.models import resolve_model  # noqa: E402
 from tasks.run_info import flow_run_summary  # noqa: E402
 
 
 def run_once():
-    forwards = model_loader.forward_passes()
+    forwards = models.forward_passes()
     start = time.perf_counter()
     state = concept_sft(return_state=True)
     wall = time.perf_counter() - start
     state.result()
     states, _ = flow_run_summary(state.state_details.flow_run_id)
-    return wall, states, model_loader.forward_passes() - forwards
+    return wall, states, models.forward_passes() - forwards
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reasonlab import codegen, mbpp  # noqa: E402
-from reasonlab.model_loader import load_model, resolve_model  # noqa: E402
+from reasonlab.activations import codegen, mbpp  # noqa: E402
+from reasonlab.models import load_model, resolve_model  # noqa: E402
 
 
 def run_arm(model, tok, prompts: list[str], batch_size: int, max_new_tokens: int, layers: list[int],

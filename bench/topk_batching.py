@@ -5,10 +5,10 @@
 
 import argparse
 
-from reasonlab.model_loader import load_model, resolve_model
+from reasonlab.models import load_model, resolve_model
 from reasonlab.paths import project_root
-from reasonlab.prompts import load_prompts
-from reasonlab.topk_filter import filter_prompts
+from reasonlab.concept_sft.prompts import load_prompts
+from reasonlab.concept_sft.topk_filter import filter_prompts
 from timing import timed
 
 

@@ -1,6 +1,6 @@
 """One resolver for model references in flow parameters: a name, a folder, a Hub id, or a saved block.
 
-    resolve_model_ref("smollm2-135m-instruct")       # as reasonlab.model_loader.resolve_model
+    resolve_model_ref("smollm2-135m-instruct")       # as reasonlab.models.resolve_model
     resolve_model_ref("block:qwen")                   # the ModelSpecBlock saved as "qwen"
     resolve_model_ref("reasonlab-model/qwen")         # same, in Prefect's block-slug form
 
@@ -10,7 +10,7 @@ Every flow that takes a `model` parameter calls this, so a deployment run from t
 from __future__ import annotations
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import ResolvedModel, resolve_model
+from reasonlab.models import ResolvedModel, resolve_model
 
 BLOCK_PREFIXES = ("block:", "reasonlab-model/")
 

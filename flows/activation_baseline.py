@@ -22,8 +22,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
 from blocks.resolve import resolve_model_ref
-from reasonlab import activation_baseline as ab
-from reasonlab import codegen, mbpp, paths
+from reasonlab.activations import baseline as ab
+from reasonlab.activations import codegen, mbpp
+from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import sha256_json
 from tasks.activation_baseline import generate_shard, merge_shards
@@ -99,7 +100,7 @@ def activation_baseline(
         model: registry name, local HF folder, Hub id, or block:NAME (the seed: gemma-2-2b-it).
         mbpp_source: a .parquet/.jsonl path (a ready split, or the full MBPP to split), "hub", or None for
             ../shared/data/mbpp/mbpp.jsonl.
-        split: "validation" (388 problems), "hyperparams" (97), "sae" (489) or "all" (see reasonlab.mbpp).
+        split: "validation" (388 problems), "hyperparams" (97), "sae" (489) or "all" (see reasonlab.activations.mbpp).
         start, end: indices into the split, both inclusive (end=None: to the last).
         top_features: a top_20_features.json; default: the seed's two locations.
         layers: capture these layers instead of the best layers from top_features.

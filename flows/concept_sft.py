@@ -18,14 +18,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.input import RunInput
 
 from blocks.resolve import resolve_model_ref
-from reasonlab import attribution, paths
-from reasonlab.concepts import candidates_markdown
+from reasonlab.concept_sft import attribution
+from reasonlab import paths
+from reasonlab.concept_sft.concepts import candidates_markdown
 from reasonlab.errors import ReasonlabError
-from reasonlab.evaluate import compare, results_markdown
+from reasonlab.concept_sft.evaluate import compare, results_markdown
 from reasonlab.io import sha256_json, write_json, write_text
-from reasonlab.model_loader import load_tokenizer, resolve_model
+from reasonlab.models import load_tokenizer, resolve_model
 from reasonlab.prompt_format import FORMATS, require_formats
-from reasonlab.sft_config import load_sft_config
+from reasonlab.concept_sft.sft_config import load_sft_config
 from tasks import attribution as attr_stages
 from tasks import concept_sft as stages
 from tasks.prompt_generation import generate_prompts, resolve_endpoint

@@ -24,7 +24,7 @@ from prefect.deployments import run_deployment
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
-from reasonlab.sweep import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
+from flows.sweep_spec import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
                              plot_comparison)
 from tasks.run_info import read_flow_run
 

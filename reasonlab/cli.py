@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import resolve_model
-from reasonlab.model_sources import is_materialized, materialized_path
-from reasonlab.model_spec import DEFAULT_MODEL, REGISTRY
+from reasonlab.models import resolve_model
+from reasonlab.models import is_materialized, materialized_path
+from reasonlab.models import DEFAULT_MODEL, REGISTRY
 
 
 def models_list() -> None:

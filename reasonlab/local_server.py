@@ -99,7 +99,7 @@ def _server_env(drop: tuple[str, ...] = ()) -> dict[str, str]:
 
 def model_folder(model: str) -> str:
     """A registry name or folder -> the local HF folder to serve (materialized offline if needed)."""
-    from reasonlab.model_loader import resolve_model
+    from reasonlab.models import resolve_model
 
     resolved = resolve_model(model)
     folder = Path(resolved.source)

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from reasonlab import activation_baseline as ab
-from reasonlab.model_loader import ResolvedModel, load_model
+from reasonlab.activations import baseline as ab
+from reasonlab.models import ResolvedModel, load_model
 from tasks.conventions import task_options
 
 
@@ -16,7 +16,7 @@ from tasks.conventions import task_options
 def generate_shard(model: ResolvedModel, problems: list[dict], layers: list[int], config: dict, run_dir: str,
                    shard_name: str, device: str = "auto", dtype: str = "auto") -> dict:
     """Generate, capture and test one contiguous range of problems on one device; resumes from its checkpoint."""
-    from reasonlab.activation_capture import check_layers
+    from reasonlab.activations.capture import check_layers
 
     logger = get_run_logger()
     cfg = ab.BaselineConfig(**config)
@@ -30,7 +30,7 @@ def generate_shard(model: ResolvedModel, problems: list[dict], layers: list[int]
 
     summary = ab.run_range(lm, tokenizer, problems, layers, cfg, Path(run_dir), shard_name,
                            progress=progress, log=logger.info)
-    from reasonlab.codegen import uses_chat_template
+    from reasonlab.activations.codegen import uses_chat_template
 
     summary.update(device=str(lm.device), dtype=str(lm.dtype).removeprefix("torch."),
                    prompt_format="chat template" if uses_chat_template(tokenizer) else "completion")

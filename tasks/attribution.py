@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from reasonlab import attribution_graph as ag
-from reasonlab import concepts
+from reasonlab.concept_sft import attribution_graph as ag
+from reasonlab.concept_sft import concepts
 from reasonlab.io import write_json
 from reasonlab.llm_client import EndpointConfig
-from reasonlab.model_loader import ResolvedModel, load_model
+from reasonlab.models import ResolvedModel, load_model
 from tasks.conventions import task_options
 from tasks.prompt_generation import open_client
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from reasonlab import evaluate, prompts, sft_trainer, topk_filter, training_texts
+from reasonlab.concept_sft import evaluate, prompts, sft_trainer, topk_filter, training_texts
 from reasonlab.io import write_json
-from reasonlab.model_loader import ResolvedModel, load_model
-from reasonlab.sft_config import parse_sft_config
+from reasonlab.models import ResolvedModel, load_model
+from reasonlab.concept_sft.sft_config import parse_sft_config
 from tasks.conventions import task_options
 
 

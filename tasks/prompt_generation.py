@@ -12,7 +12,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from reasonlab import paths, prompt_generation
+from reasonlab import paths
+from reasonlab.concept_sft import prompt_generation
 from reasonlab.llm_client import EndpointConfig, LLMClient, endpoint_from_env
 from reasonlab.local_server import serve_local
 from tasks.conventions import task_options

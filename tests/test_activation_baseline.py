@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reasonlab import activation_baseline as ab
-from reasonlab import codegen, mbpp
-from reasonlab.activation_capture import ResidualCapture, hook_name
+from reasonlab.activations import baseline as ab
+from reasonlab.activations import codegen, mbpp
+from reasonlab.activations.capture import ResidualCapture, hook_name
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import forward_passes, load_model, resolve_model
+from reasonlab.models import forward_passes, load_model, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 

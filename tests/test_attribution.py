@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PhiConfig
 
-from reasonlab import attribution as A
-from reasonlab import concepts
-from reasonlab.attribution_graph import attribution_graph, write_graph
+from reasonlab.concept_sft import attribution as A
+from reasonlab.concept_sft import concepts
+from reasonlab.concept_sft.attribution_graph import attribution_graph, write_graph
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import load_model, resolve_model
+from reasonlab.models import load_model, resolve_model
 
 IDS = torch.tensor([[1, 57, 300, 45, 99, 410, 23, 77]])  # [1, pos]: any ids below the tiny vocab (512)
 A_ID, B_ID = 300, 45

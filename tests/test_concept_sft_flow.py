@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from flows.concept_sft import concept_sft
-from reasonlab import model_loader
+from reasonlab import models
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import load_model, resolve_model
-from reasonlab.topk_filter import next_token_topk
+from reasonlab.models import load_model, resolve_model
+from reasonlab.concept_sft.topk_filter import next_token_topk
 from tasks.run_info import flow_run_summary
 
 CLEAN_TEXTS = ["Lily had a little cat. The little cat liked to sleep in the sun with Lily.",
@@ -61,11 +61,11 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     results = json.loads((tmp_path.parent / out["run_dir"] / "results.json").read_text())
     assert results["concept"] == "little things" and (tmp_path / "ckpt" / "model.safetensors").is_file()
 
-    forwards = model_loader.forward_passes()
+    forwards = models.forward_passes()
     second = run(inputs, CLEAN_TEXTS)
     states, _ = task_states(second)
     assert set(states.values()) == {"Cached"}, states
-    assert model_loader.forward_passes() == forwards
+    assert models.forward_passes() == forwards
     assert second.result()["table"] == out["table"]
 
 
@@ -83,8 +83,8 @@ def test_bad_inputs_fail_before_any_model_work(inputs, tmp_path):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS, epoch=3))
     with pytest.raises(ReasonlabError, match="unknown prompt format 'qa'"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["qa"])
-    forwards = model_loader.forward_passes()
+    forwards = models.forward_passes()
     with pytest.raises(ReasonlabError, match="has no chat template, so the 'chat' format cannot be built"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["chat"])
-    assert model_loader.forward_passes() == forwards
+    assert models.forward_passes() == forwards
     assert not (tmp_path / "ckpt").exists()

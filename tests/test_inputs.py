@@ -6,9 +6,9 @@ import pytest
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, write_json
-from reasonlab.prompts import load_prompts
-from reasonlab.sft_config import load_sft_config, parse_sft_config
-from reasonlab.training_texts import check_texts
+from reasonlab.concept_sft.prompts import load_prompts
+from reasonlab.concept_sft.sft_config import load_sft_config, parse_sft_config
+from reasonlab.concept_sft.training_texts import check_texts
 
 GOOD = {"prompt": "The neurotransmitter associated with reward is", "answer": "dopamine"}
 

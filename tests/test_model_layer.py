@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from reasonlab import model_loader
+from reasonlab import models
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import load_model, pick_device, pick_dtype, resolve_model
-from reasonlab.model_sources import materialize
-from reasonlab.model_spec import ModelSpec, OfflineSource, WheelPart
+from reasonlab.models import load_model, pick_device, pick_dtype, resolve_model
+from reasonlab.models import materialize
+from reasonlab.models import ModelSpec, OfflineSource, WheelPart
 from tasks.conventions import plain
 
 
@@ -53,10 +53,10 @@ def test_model_is_loaded_once_per_process_and_forwards_are_counted(stories_path)
     model, tokenizer = load_model(resolved)
     again, _ = load_model(resolved)
     assert again is model
-    before = model_loader.forward_passes()
+    before = models.forward_passes()
     with torch.no_grad():
         model(**tokenizer("Once upon a time", return_tensors="pt"))
-    assert model_loader.forward_passes() == before + 1
+    assert models.forward_passes() == before + 1
 
 
 def test_device_and_dtype_defaults_and_overrides():

@@ -177,8 +177,8 @@ def test_setup_is_idempotent_and_pools_carry_device_and_storage(cluster):
 @pytest.fixture(scope="module")
 def stories_inputs(tmp_path_factory, stories_path):
     """A prompt set where stories260K has one target case (as tests/test_concept_sft_flow.py), two SFT configs."""
-    from reasonlab.model_loader import load_model, resolve_model
-    from reasonlab.topk_filter import next_token_topk
+    from reasonlab.models import load_model, resolve_model
+    from reasonlab.concept_sft.topk_filter import next_token_topk
 
     tmp = tmp_path_factory.mktemp("orchestration-inputs")
     model, tokenizer = load_model(resolve_model(str(stories_path)))

@@ -12,8 +12,8 @@ from loopback_llm import ScriptedLLM, items
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.llm_client import EndpointConfig
-from reasonlab.prompt_generation import check_item, parse_items
-from reasonlab.prompts import load_prompts, validate_item
+from reasonlab.concept_sft.prompt_generation import check_item, parse_items
+from reasonlab.concept_sft.prompts import load_prompts, validate_item
 from tasks.prompt_generation import generate_prompts, resolve_endpoint
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
@@ -153,8 +153,8 @@ def test_local_model_server_end_to_end(stories_chat, tmp_path):
 @pytest.mark.slow
 def test_smollm2_generates_prompts_for_the_filter(tmp_path):
     """SmolLM2-135M-Instruct behind `transformers serve`: generated prompts pass validation and feed the filter."""
-    from reasonlab.model_loader import load_model, resolve_model
-    from reasonlab.topk_filter import filter_prompts
+    from reasonlab.models import load_model, resolve_model
+    from reasonlab.concept_sft.topk_filter import filter_prompts
 
     resolve_model("smollm2-135m-instruct", source="offline")  # materialized from its wheel if needed
     out = tmp_path / "medical_prompts.json"

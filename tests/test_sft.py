@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasonlab.model_loader import resolve_model
-from reasonlab.sft_config import SFTConfig
-from reasonlab.sft_trainer import run_sft
+from reasonlab.models import resolve_model
+from reasonlab.concept_sft.sft_config import SFTConfig
+from reasonlab.concept_sft.sft_trainer import run_sft
 
 TEXTS = ["Lily had a red ball. She liked to play with it in the sun every day.",
          "Tom saw a big tree. He climbed it and looked at the sky with a smile."]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from reasonlab.model_loader import load_model, resolve_model
-from reasonlab.prompts import load_prompts
+from reasonlab.models import load_model, resolve_model
+from reasonlab.concept_sft.prompts import load_prompts
 from reasonlab.paths import project_root
-from reasonlab.topk_filter import filter_prompts
+from reasonlab.concept_sft.topk_filter import filter_prompts
 
 
 @pytest.mark.slow

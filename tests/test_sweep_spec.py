@@ -9,8 +9,8 @@ from blocks.resolve import resolve_model_ref
 from deployments.setup import SetupConfig, parse_models, pool_envs, process_job_template
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_loader import resolve_model
-from reasonlab.sweep import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
+from reasonlab.models import resolve_model
+from flows.sweep_spec import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
                              plot_comparison)
 
 

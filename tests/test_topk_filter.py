@@ -2,9 +2,9 @@
 
 import pytest
 
-from reasonlab.model_loader import load_model, resolve_model
-from reasonlab.prompts import PromptItem
-from reasonlab.topk_filter import TokenProb, classify, filter_prompts, next_token_topk
+from reasonlab.models import load_model, resolve_model
+from reasonlab.concept_sft.prompts import PromptItem
+from reasonlab.concept_sft.topk_filter import TokenProb, classify, filter_prompts, next_token_topk
 
 ITEM = PromptItem("The primary hormone regulating blood pressure is", "aldosterone", ["blood pressure"])
 

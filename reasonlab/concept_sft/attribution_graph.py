@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from reasonlab import attribution as A
+from reasonlab.concept_sft import attribution as A
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, write_json
 from reasonlab.prompt_format import build_prompt

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_blocks import decoder_layers, num_layers
+from reasonlab.models import decoder_layers, num_layers
 
 
 def hook_name(layer: int) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, write_json
-from reasonlab.model_spec import ModelSpec, OfflineSource
+from reasonlab.models.spec import ModelSpec, OfflineSource
 from reasonlab.paths import model_cache_dir
 
 CONVERTER_VERSION = "1"

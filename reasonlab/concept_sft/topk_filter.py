@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from reasonlab.prompt_format import Format, build_prompt
-from reasonlab.prompts import PromptItem
+from reasonlab.concept_sft.prompts import PromptItem
 from reasonlab.tokens import first_token_ids, token_text
 
 VERSION = "1"  # bump when the filter's decisions change

@@ -1,10 +1,10 @@
 """The one model loader: resolve a name to weights, pick device/dtype, load once per process.
 
-    from reasonlab.model_loader import resolve_model, load_model
+    from reasonlab.models.loader import resolve_model, load_model
     resolved = resolve_model("smollm2-135m-instruct")   # plain data: source, revision, fingerprint
     model, tokenizer = load_model(resolved)              # cached for the life of the process
 
-A name is a registry entry (`reasonlab.model_spec.REGISTRY`), a local HF folder, or a Hub id.
+A name is a registry entry (`reasonlab.models.spec.REGISTRY`), a local HF folder, or a Hub id.
 Registry entries come from (in order): `local_path`, an already materialized offline copy, the
 Hub, then the offline source (materialized now). `source="hub"` or `"offline"` forces one.
 """
@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import tree_fingerprint, write_json
-from reasonlab.model_sources import MANIFEST, is_materialized, materialize, materialized_path
-from reasonlab.model_spec import REGISTRY, ModelSpec
+from reasonlab.models.sources import MANIFEST, is_materialized, materialize, materialized_path
+from reasonlab.models.spec import REGISTRY, ModelSpec
 from reasonlab.paths import home
 
 Source = Literal["auto", "hub", "offline", "local"]

@@ -21,7 +21,7 @@ from typing import Any
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured, write_json
 from reasonlab.llm_client import LLMCallError, LLMClient, LLMUnavailable
-from reasonlab.prompts import PromptItem, validate_item
+from reasonlab.concept_sft.prompts import PromptItem, validate_item
 
 VERSION = "1"
 

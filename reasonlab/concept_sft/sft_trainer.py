@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 from reasonlab.io import atomic_path, tree_fingerprint, write_json
-from reasonlab.model_loader import ResolvedModel, load_fresh, pick_device, pick_dtype
-from reasonlab.model_sources import MANIFEST
+from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
+from reasonlab.models import MANIFEST
 from reasonlab.prompt_format import build_training_text
-from reasonlab.sft_config import SFTConfig
+from reasonlab.concept_sft.sft_config import SFTConfig
 
 VERSION = "1"
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from reasonlab import codegen
+from reasonlab.activations import codegen
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, read_structured, write_json, write_parquet
 from reasonlab.paths import project_root

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured
-from reasonlab.model_spec import DEFAULT_MODEL
+from reasonlab.models import DEFAULT_MODEL
 
 
 class LoraSettings(BaseModel):

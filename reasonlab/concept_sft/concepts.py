@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reasonlab import attribution as A
+from reasonlab.concept_sft import attribution as A
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from reasonlab.activation_capture import ResidualCapture
+from reasonlab.activations.capture import ResidualCapture
 from reasonlab.prompt_format import apply_template
 
 VERSION = "1"

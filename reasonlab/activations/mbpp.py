@@ -1,6 +1,6 @@
 """MBPP problems: load from a parquet / jsonl file or the Hub, and split them deterministically.
 
-    from reasonlab import mbpp
+    from reasonlab.activations import mbpp
     problems = mbpp.load_split("validation")                  # 388 problems from ../shared/data/mbpp
     problems = mbpp.load_split("validation", "split.parquet")  # a ready-made split (seed: validation_mbpp.parquet)
 
