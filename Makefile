@@ -17,9 +17,13 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -rs tests
 
+# A local Prefect server whose UI works (PREFECT_UI_API_URL set) + a loopback file server for the runs' pictures
+server: $(VENV)/.installed
+	$(PY) -m deployments.server
+
 # Against $$PREFECT_API_URL: pools cpu/gpu, the gpu tag limit, blocks (idempotent), then every deployment
 deploy: $(VENV)/.installed
 	$(PY) -m deployments.setup
 	$(PY) -m deployments.deploy --all
 
-.PHONY: install run test deploy
+.PHONY: install run test deploy server

@@ -1,1 +1,9 @@
-"""Prefect flows: each reads as its pipeline's list of stages."""
+"""Prefect flows: each reads as its pipeline's list of stages.
+
+Runs of this project send no analytics by default (many workers have no network, and each failed
+heartbeat logged an ERROR): set PREFECT_SERVER_ANALYTICS_ENABLED=true to send them again.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before any flow module imports prefect

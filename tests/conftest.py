@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports tasks/ (whose result storage reads REASONLAB_HOME at import time).
+# Models are reused across sessions: the user's REASONLAB_MODEL_CACHE, else the models/ of their REASONLAB_HOME.
+_USER_HOME = Path(os.environ.get("REASONLAB_HOME") or Path.home() / ".cache" / "reasonlab").expanduser()
+os.environ.setdefault("REASONLAB_MODEL_CACHE", str(_USER_HOME / "models"))
 _HOME = Path(tempfile.mkdtemp(prefix="reasonlab-test-home-"))
 os.environ["REASONLAB_HOME"] = str(_HOME)
-os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is unreachable from CI; fail fast, not after retries
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: each heartbeat logged an ERROR
 
 import pytest  # noqa: E402
 
@@ -26,6 +30,7 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+    shutil.rmtree(_HOME, ignore_errors=True)  # the suite leaves no reasonlab-test-home-* behind
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +82,6 @@ def tiny_models(tmp_path_factory, stories_path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def stories_chat(tmp_path_factory, stories_path) -> Path:
     """stories260K (real weights) with a chat template, so `transformers serve` can chat with it."""
-    import shutil
 
     folder = tmp_path_factory.mktemp("stories-chat") / "stories260K"
     shutil.copytree(stories_path, folder)

@@ -1,0 +1,122 @@
+"""Pictures visible in the UI: the image artifact's URL serves the PNG, and the local server's UI knows its API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prefect import flow
+
+from deployments.server import start_file_server
+from reasonlab import paths
+from tasks.run_info import read_flow_run
+from tasks.artifacts import SERVER_FILE, files_url, image_markdown, publish_image, publish_run_folder
+
+
+def write_png(path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, response.read()
+
+
+def test_image_artifact_url_serves_the_png(monkeypatch):
+    png = write_png(paths.runs_dir() / "artifact test" / "plot.png")  # a space: the URL must be quoted
+    files = start_file_server(paths.runs_dir())
+    try:
+        monkeypatch.setenv("REASONLAB_FILES_URL", f"http://127.0.0.1:{files.server_address[1]}/")
+
+        @flow
+        def publish() -> None:
+            publish_image(png, key="test-plot", description="a plot")
+            publish_run_folder(png.parent, key="test-run-folder", description="the run")
+
+        state = publish(return_state=True)
+        _, artifacts = asyncio.run(read_flow_run(state.state_details.flow_run_id))
+        status, body = get(artifacts["test-plot"])  # an image artifact's data is its URL
+        assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n", artifacts["test-plot"]
+        link = artifacts["test-run-folder"]
+        assert link.startswith("[") and "http://127.0.0.1:" in link, link  # markdown [text](url)
+        folder_url = link[link.index("(") + 1:-1]
+        assert "plot.png" in get(folder_url)[1].decode()
+    finally:
+        files.shutdown()
+
+
+def test_without_a_file_server_the_markdown_says_how_to_see_the_picture(monkeypatch, tmp_path):
+    monkeypatch.delenv("REASONLAB_FILES_URL", raising=False)
+    png = paths.runs_dir() / "x" / "graph.png"
+    record = paths.home() / SERVER_FILE
+    assert not record.exists()
+    assert "deployments.server" in image_markdown(png, "graph")
+    record.write_text(json.dumps({"files_url": "http://127.0.0.1:9/"}))
+    try:
+        assert files_url() == "http://127.0.0.1:9"
+        assert image_markdown(png, "graph") == "![graph](http://127.0.0.1:9/x/graph.png)"
+        assert image_markdown(tmp_path / "outside.png", "graph").startswith("`")  # not under runs/: no URL
+    finally:
+        record.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            if get(url)[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def test_server_command_gives_the_ui_its_api_and_serves_run_files(tmp_path):
+    """`python -m deployments.server --port P`: the UI's settings name http://127.0.0.1:P/api (a plain
+    `prefect server start --port P` leaves the UI blank), and the run files are served at P+1."""
+    port = free_port()
+    home = tmp_path / "home"
+    write_png(home / "runs" / "r" / "p.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REASONLAB_"))}
+    env.update(REASONLAB_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"),
+               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "deployments.server", "--port", str(port)], env=env,
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/api/health", proc)
+        ui = json.loads(get(f"http://127.0.0.1:{port}/ui-settings")[1])
+        assert ui["api_url"] == f"http://127.0.0.1:{port}/api"
+        record = json.loads((home / SERVER_FILE).read_text())
+        assert record["files_url"] == f"http://127.0.0.1:{port + 1}"
+        assert get(f"{record['files_url']}/r/p.png")[1][:4] == b"\x89PNG"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert not (home / SERVER_FILE).exists(), "server.json left behind after the server stopped"
+    assert "Traceback" not in out and "ERROR" not in out, out[-3000:]
