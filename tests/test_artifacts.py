@@ -120,3 +120,17 @@ def test_server_command_gives_the_ui_its_api_and_serves_run_files(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert not (home / SERVER_FILE).exists(), "server.json left behind after the server stopped"
     assert "Traceback" not in out and "ERROR" not in out, out[-3000:]
+
+
+def test_results_table_has_one_column_per_figure():
+    from reasonlab.concept_sft.evaluate import results_markdown
+
+    row = {"prompt": "The hormone is", "format": "chat", "wrong_token": " ren", "answer": "aldosterone",
+           "base_p_wrong": 0.23, "base_p_correct": 0.05, "sft_p_wrong": 0.10, "sft_p_correct": 0.31,
+           "correct_gain": 0.26, "flipped": True, "base_top1": " ren", "sft_top1": " al"}
+    header, _, line = results_markdown([row]).splitlines()
+    cells = dict(zip([h.strip() for h in header.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
+    assert cells["Base p(wrong)"] == "23.0%" and cells["Base p(correct)"] == "5.0%"
+    assert cells["SFT p(wrong)"] == "10.0%" and cells["SFT p(correct)"] == "31.0%"
+    assert cells["Δ p(correct)"] == "+26.0%" and cells["Flipped"] == "yes"
+    assert "→" not in header + line

@@ -46,12 +46,14 @@ def compare(base: list[dict], tuned: list[dict]) -> list[dict]:
 
 
 def results_markdown(table: list[dict]) -> str:
-    lines = ["| Prompt | Format | Base wrong→correct | SFT wrong→correct | Flipped | Top-1 base→SFT |",
-             "|---|---|---|---|---|---|"]
+    """One column per figure: base and SFT p(wrong) / p(correct) side by side, then the shift."""
+    lines = ["| Prompt | Format | Wrong | Correct | Base p(wrong) | Base p(correct) | SFT p(wrong) | SFT p(correct) "
+             "| Δ p(correct) | Flipped | Base top-1 | SFT top-1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(
-            f"| {r['prompt']} | {r['format']} | {r['wrong_token'].strip()} {r['base_p_wrong']:.1%} → "
-            f"{r['answer']} {r['base_p_correct']:.1%} | {r['sft_p_wrong']:.1%} → {r['sft_p_correct']:.1%} | "
-            f"{'yes' if r['flipped'] else 'no'} | {r['base_top1']!r} → {r['sft_top1']!r} |"
+            f"| {r['prompt']} | {r['format']} | {r['wrong_token'].strip()} | {r['answer']} "
+            f"| {r['base_p_wrong']:.1%} | {r['base_p_correct']:.1%} | {r['sft_p_wrong']:.1%} | {r['sft_p_correct']:.1%} "
+            f"| {r['correct_gain']:+.1%} | {'yes' if r['flipped'] else 'no'} | {r['base_top1']!r} | {r['sft_top1']!r} |"
         )
     return "\n".join(lines) + "\n"
