@@ -196,7 +196,11 @@ def activation_baseline(
                                generation_timeout_s=generation.generation_timeout_s, use_chat_template=use_template,
                                memory_warn_fraction=robustness.memory_warn_fraction)
     identity = {"fingerprint": resolved.fingerprint, "variant": variant, "split": problems.split,
-                "mbpp_source": str(problems.mbpp_source), "layers": layer_info["layers"],
+                # the split's content, not its path: the split parquet written into the run directory (or the
+                # seed's own) reads back as the same split
+                "split_sha256": sha256_json([[r["task_id"], r["text"], r["test_list"], r["test_setup_code"]]
+                                             for r in split_rows])[:16],
+                "layers": layer_info["layers"],
                 "max_new_tokens": generation.max_new_tokens, "capture_generated": capture.capture_generated,
                 "system_prompt": generation.system_prompt, "codegen": codegen.VERSION, "baseline": ab.VERSION}
     key = sha256_json(identity)[:16]

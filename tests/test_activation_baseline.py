@@ -298,6 +298,10 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
     assert meta["counts"]["passed"] == int(ds["pass"].sum()) and meta["dataset"] == ds_path.name
     assert meta["variant"] == "instruct" and meta["prompt_format"] == "chat template"
     assert all(r["peak_rss_bytes"] > 10 * 2**20 for r in meta["ranges"])
+    # the written split is the same split: a call reading it resumes in the same directory (nothing redone)
+    again = activation_baseline(model=str(tiny_models["qwen2"]), problems={
+        "mbpp_source": str(out_dir / "validation_mbpp.parquet"), "start": 0, "end": 4}, **common)
+    assert again["tasks"] == 5 and len(json.loads((out_dir / "metadata.json").read_text())["ranges"]) == 3
     # another model into the same directory is refused before any model work
     with pytest.raises(ReasonlabError, match="already holds another activation baseline run"):
         activation_baseline(model=str(stories_path), problems={"mbpp_source": str(problems_parquet), "end": 1},

@@ -206,9 +206,12 @@ def finished_task_ids(run_dir: Path) -> set[int]:
     """task_ids with a row in any checkpoint of the run."""
     import pandas as pd
 
+    import pyarrow.parquet as pq
+
     done: set[int] = set()
     for ckpt in sorted(Path(run_dir).glob(f"shards/*/{CHECKPOINT}")):
-        done.update(int(t) for t in pd.read_parquet(ckpt, columns=["task_id"])["task_id"])
+        if "task_id" in pq.read_schema(ckpt).names:  # a range whose tasks were all done before has no rows
+            done.update(int(t) for t in pd.read_parquet(ckpt, columns=["task_id"])["task_id"])
     return done
 
 
@@ -435,10 +438,6 @@ def _write_record(dest: Path, record: dict, shard_name: str, problems: list[dict
 
 
 # ---------------------------------------------------------------- merge and metadata
-
-def model_slug(name: str) -> str:
-    return name.replace("/", "_").replace(" ", "_")
-
 
 def dataset_name(variant: str) -> str:
     """The seed's name: dataset_instruct_temp_0_0.parquet (instruction-tuned) or dataset_base_temp_0_0.parquet."""
