@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instruct: chat-template prompts, dataset_instruct_*; base: completion prompts, "
                          "dataset_base_*; auto: the registry's word, else the tokenizer's chat template")
     ap.add_argument("--output-dir", default=None,
-                    help="run directory in the seed's layout (reruns resume there); default: under $REASONLAB_HOME/runs")
+                    help="run directory in the seed's layout (reruns resume there); None: a folder under "
+                         "$REASONLAB_HOME/runs/activation_baseline named by the run's key")
     g = ap.add_argument_group("problems")
     g.add_argument("--mbpp", default=None, help=_help(Problems, "mbpp_source"))
     g.add_argument("--split", default="validation", choices=[*mbpp.SPLITS, "all"], help=_help(Problems, "split"))
