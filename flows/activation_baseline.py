@@ -258,7 +258,8 @@ def publish(model: str, variant: str, merged: dict, shards: list[dict]) -> None:
               "passed": s["passed"], "excluded": len(s["excluded"]),
               "peak_rss_mib": round(max(c["memory"]["rss_bytes"] for c in s["checkpoints"]) / 2**20, 1)
               if s.get("checkpoints") else None} for s in shards]
-    create_table_artifact(table, key="activation-baseline-shards", description="Activation baseline: this call's shards")
+    create_table_artifact(table, key="activation-baseline-shards",
+                          description="Activation baseline: this call's shards")
     low, high = merged["pass_rate_ci95"]
     create_table_artifact([{
         "model": model, "variant": variant, "tasks": merged["tasks"], "passed": merged["passed"],

@@ -41,7 +41,7 @@ async def run_child(deployment: str, child: dict[str, Any], sweep_name: str, pol
     return {**child, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
             "state": flow_run.state.name if flow_run.state else "Unknown", "duration_s": duration,
             "task_states": states, "artifact_keys": sorted(artifacts),
-            "metrics": metrics_from_artifacts(artifacts)}
+            "metrics": metrics_from_artifacts(artifacts, deployment)}
 
 
 @flow(name="model-sweep")

@@ -116,7 +116,7 @@ def baseline_metrics(summary_table: list[dict] | None, errors_table: list[dict] 
     row = (summary_table or [{}])[0]
     errors = {r["error_type"]: r["count"] for r in errors_table or []}
     return {
-        "variant": row.get("variant"), "tasks": row.get("tasks"), "passed": row.get("passed"),
+        "variant": row.get("variant"), "problems": row.get("tasks"), "passed": row.get("passed"),
         "pass_rate": row.get("pass_rate"), "pass_rate_ci95_low": row.get("pass_rate_ci95_low"),
         "pass_rate_ci95_high": row.get("pass_rate_ci95_high"), "excluded": row.get("excluded"),
         "mean_completion_tokens": row.get("mean_completion_tokens"),
@@ -126,13 +126,12 @@ def baseline_metrics(summary_table: list[dict] | None, errors_table: list[dict] 
     }
 
 
-def metrics_from_artifacts(artifacts: dict[str, Any]) -> dict[str, Any]:
-    """A child's metrics from its artifacts, whichever pipeline it ran (empty when it published none)."""
-    if "activation-baseline-summary" in artifacts:
-        return baseline_metrics(artifacts.get("activation-baseline-summary"), artifacts.get("activation-baseline-errors"))
-    if "concept-sft-filter" in artifacts or "concept-sft-results" in artifacts:
-        return child_metrics(artifacts.get("concept-sft-filter"), artifacts.get("concept-sft-results"))
-    return {}
+def metrics_from_artifacts(artifacts: dict[str, Any], deployment: str = "concept-sft/concept-sft") -> dict[str, Any]:
+    """A child's metrics from its artifacts, by the pipeline its deployment runs (None where not published)."""
+    if deployment.split("/")[0] == "activation-baseline":
+        return baseline_metrics(artifacts.get("activation-baseline-summary"),
+                                artifacts.get("activation-baseline-errors"))
+    return child_metrics(artifacts.get("concept-sft-filter"), artifacts.get("concept-sft-results"))
 
 
 def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,7 +147,7 @@ def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 CONCEPT_COLUMNS = ["target_cases", "base_p_correct", "sft_p_correct", "correct_gain", "flipped"]
-BASELINE_COLUMNS = ["variant", "passed", "pass_rate", "pass_rate_ci95_low", "pass_rate_ci95_high",
+BASELINE_COLUMNS = ["variant", "problems", "passed", "pass_rate", "pass_rate_ci95_low", "pass_rate_ci95_high",
                     "mean_completion_tokens", "hit_token_limit", "hit_time_limit", "error_types"]
 
 
@@ -215,7 +214,7 @@ def _plot_pass_rates(plt, name: str, rows: list[dict[str, Any]], dest: Path | st
     colors = ["#66c2a5" if r.get("variant") == "instruct" else "#8da0cb" for r in rows]
     ax.bar(xs, rates, yerr=[low, high], capsize=4, color=colors)
     for x, r in zip(xs, rows):
-        ax.text(x, 0.01, f"{r.get('passed')}/{r.get('tasks')}" if r["state"] == "Completed" else r["state"],
+        ax.text(x, 0.01, f"{r.get('passed')}/{r.get('problems')}" if r["state"] == "Completed" else r["state"],
                 ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs, labels, rotation=15, ha="right", fontsize=8)
     ax.set_ylim(0, 1)

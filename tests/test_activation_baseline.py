@@ -318,10 +318,12 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
     for label, run_id, variant in (("qwen2 | default", inst_id, "instruct"), ("stories | default", base_id, "base")):
         states, artifacts = asyncio.run(read_flow_run(run_id))
         children.append({"label": label, "model": label, "set": "default", "state": "Completed",
-                         "task_states": states, "metrics": metrics_from_artifacts(artifacts)})
+                         "task_states": states,
+                         "metrics": metrics_from_artifacts(artifacts, "activation-baseline/activation-baseline")})
     rows = comparison_rows(children)
     assert [r["variant"] for r in rows] == ["instruct", "base"]
-    assert rows[0]["tasks"] == 5 and rows[0]["pass_rate_ci95_low"] <= rows[0]["pass_rate"] <= rows[0]["pass_rate_ci95_high"]
+    assert rows[0]["problems"] == 5 and rows[0]["tasks"] == 2  # problems vs task runs: two different counts
+    assert rows[0]["pass_rate_ci95_low"] <= rows[0]["pass_rate"] <= rows[0]["pass_rate_ci95_high"]
     assert rows[1]["mean_completion_tokens"] == pytest.approx(base_ds["completion_tokens"].mean(), abs=0.01)
     n_err = (~base_ds["pass"]).sum()
     assert sum(int(x.rsplit(" ", 1)[1]) for x in rows[1]["error_types"].split(", ")) == n_err
@@ -400,7 +402,8 @@ def test_time_limit_has_its_own_column_apart_from_the_token_limit(stories_path):
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [saved, period]
     try:
-        story = codegen.generate_batch(model, tok, ["Once upon a time"], codegen.GenerationConfig(max_new_tokens=400))[0]
+        story = codegen.generate_batch(model, tok, ["Once upon a time"],
+                                       codegen.GenerationConfig(max_new_tokens=400))[0]
     finally:
         model.generation_config.eos_token_id = saved
     assert story["completion"].endswith(".") and story["completion_tokens"] < 400
@@ -445,7 +448,8 @@ def test_prefect_yaml_and_sweep_file_fit_the_flow():
     assert dep["parameters"]["model"] == "gemma-2-2b-it" and dep["work_pool"]["name"] == "gpu"
     Problems(**dep["parameters"]["problems"])
     spec = load_sweep(REPO / deployments["activation-instruct-vs-base"]["parameters"]["sweep"])
-    assert spec.models == ["gemma-2-2b-it", "gemma-2-2b"] and spec.deployment == "activation-baseline/activation-baseline"
+    assert spec.models == ["gemma-2-2b-it", "gemma-2-2b"]
+    assert spec.deployment == "activation-baseline/activation-baseline"
     for child in spec.children():
         p = child["parameters"]
         Problems(**p["problems"]), Capture(**p["capture"]), Generation(**p["generation"]), Robustness(**p["robustness"])

@@ -470,7 +470,8 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     return {
         "tasks": n, "passed": n_pass, "pass_rate": n_pass / n if n else 0.0,
         "pass_rate_ci95": [round(low, 4), round(high, 4)],
-        "status_counts": {s: sum(r["test_status"] == s for r in rows) for s in sorted({r["test_status"] for r in rows})},
+        "status_counts": {s: sum(r["test_status"] == s for r in rows)
+                          for s in sorted({r["test_status"] for r in rows})},
         "error_types": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
         "completion_tokens": int(sum(r["completion_tokens"] for r in rows)),
         "mean_completion_tokens": round(sum(r["completion_tokens"] for r in rows) / n, 2) if n else None,
