@@ -377,6 +377,7 @@ def test_checkpoints_exactly_every_n_with_memory_and_measured_batch_times(tmp_pa
     assert len(warnings) == 3 and "over memory_warn_fraction=0%" in warnings[0] and out["memory_warning"]
     record = json.loads((tmp_path / "shards" / "s" / ab.SHARD_RECORD).read_text())
     assert record["range"] == {"split": "validation", "start": 0, "end": 4} and record["calls"][0]["checkpoints"]
+    assert record["calls"][0]["config"]["checkpoint_every"] == 2
     rows = pd.read_parquet(ckpt)
     # one measured time per generate call, shared by its rows and named by its batch id (no even split)
     assert list(rows["batch_size"]) == [2, 2, 2, 2, 1] and rows["batch_id"].nunique() == 3

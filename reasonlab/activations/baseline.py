@@ -371,7 +371,8 @@ def run_range(model, tokenizer, problems: list[dict], layers: Sequence[int], con
             + codegen.mbpp_prompt(tokenizer, todo[0], config.system_prompt, config.use_chat_template))
     device = getattr(model, "device", None)
     call = {"started": _now(), "tasks": len(problems), "resumed": skipped, "todo": len(todo),
-            "retried_exclusions": len(prior_excluded & {int(p["task_id"]) for p in todo}), "checkpoints": []}
+            "retried_exclusions": len(prior_excluded & {int(p["task_id"]) for p in todo}),
+            "config": config.to_dict(), "checkpoints": []}  # this call's settings (limits may differ per call)
     record["calls"].append(call)
     warned = False
 
