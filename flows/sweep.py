@@ -1,6 +1,7 @@
 """The model sweep: one child run of a deployment per (model x parameter set), then one comparison.
 
     python -m flows.sweep deployments/sweeps/concept_sft_models.yaml        # needs a server + gpu-pool worker
+    python -m flows.sweep deployments/sweeps/activation_instruct_vs_base.yaml   # instruct vs base on MBPP
     prefect deployment run model-sweep/concept-sft-models --watch             # the same, from the deployment
 
 Children are real deployment runs (`run_deployment`, linked as subflows) on the deployment's work pool,
@@ -24,8 +25,8 @@ from prefect.deployments import run_deployment
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
-from flows.sweep_spec import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
-                             plot_comparison)
+from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
+                             parse_sweep, plot_comparison)
 from tasks.run_info import read_flow_run
 
 
@@ -40,7 +41,7 @@ async def run_child(deployment: str, child: dict[str, Any], sweep_name: str, pol
     return {**child, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
             "state": flow_run.state.name if flow_run.state else "Unknown", "duration_s": duration,
             "task_states": states, "artifact_keys": sorted(artifacts),
-            "metrics": child_metrics(artifacts.get("concept-sft-filter"), artifacts.get("concept-sft-results"))}
+            "metrics": metrics_from_artifacts(artifacts, deployment)}
 
 
 @flow(name="model-sweep")

@@ -11,8 +11,10 @@ A sweep runs one deployment once per (model x parameter set) and compares the ru
       - {name: default}
       - {name: top5, top_k: 5}
 
-`flows/sweep.py` fans the children out and waits; `comparison_rows` and `plot_comparison` turn the
-children's summaries into the one table + plot the sweep publishes.
+`flows/sweep.py` fans the children out and waits; `metrics_from_artifacts` reads each child's numbers from
+its own artifacts (concept-sft: p(correct) before/after SFT; activation-baseline: pass rate with its 95 %
+CI, error types, mean completion length), and `comparison_rows` and `plot_comparison` turn them into the
+one table + plot the sweep publishes.
 """
 
 from __future__ import annotations
@@ -109,6 +111,29 @@ def child_metrics(filter_table: list[dict] | None, results_table: list[dict] | N
     }
 
 
+def baseline_metrics(summary_table: list[dict] | None, errors_table: list[dict] | None) -> dict[str, Any]:
+    """The activation-baseline numbers of one child, from its `activation-baseline-summary` / `-errors` tables."""
+    row = (summary_table or [{}])[0]
+    errors = {r["error_type"]: r["count"] for r in errors_table or []}
+    return {
+        "variant": row.get("variant"), "problems": row.get("tasks"), "passed": row.get("passed"),
+        "pass_rate": row.get("pass_rate"), "pass_rate_ci95_low": row.get("pass_rate_ci95_low"),
+        "pass_rate_ci95_high": row.get("pass_rate_ci95_high"), "excluded": row.get("excluded"),
+        "mean_completion_tokens": row.get("mean_completion_tokens"),
+        "mean_completion_chars": row.get("mean_completion_chars"), "hit_token_limit": row.get("hit_token_limit"),
+        "hit_time_limit": row.get("hit_time_limit"),
+        "error_types": ", ".join(f"{k} {v}" for k, v in errors.items()) or None,
+    }
+
+
+def metrics_from_artifacts(artifacts: dict[str, Any], deployment: str = "concept-sft/concept-sft") -> dict[str, Any]:
+    """A child's metrics from its artifacts, by the pipeline its deployment runs (None where not published)."""
+    if deployment.split("/")[0] == "activation-baseline":
+        return baseline_metrics(artifacts.get("activation-baseline-summary"),
+                                artifacts.get("activation-baseline-errors"))
+    return child_metrics(artifacts.get("concept-sft-filter"), artifacts.get("concept-sft-results"))
+
+
 def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per child: label, state, duration, task reuse, metrics (None where not measured)."""
     out = []
@@ -121,12 +146,24 @@ def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+CONCEPT_COLUMNS = ["target_cases", "base_p_correct", "sft_p_correct", "correct_gain", "flipped"]
+BASELINE_COLUMNS = ["variant", "problems", "passed", "pass_rate", "pass_rate_ci95_low", "pass_rate_ci95_high",
+                    "mean_completion_tokens", "hit_token_limit", "hit_time_limit", "error_types"]
+
+
+def _is_baseline(rows: list[dict[str, Any]]) -> bool:
+    return any("pass_rate" in r for r in rows)
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    return BASELINE_COLUMNS if _is_baseline(rows) else CONCEPT_COLUMNS
+
+
 def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None) -> str:
     def fmt(v: Any) -> str:
         return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")
 
-    cols = ["child", "state", "duration_s", "tasks_cached", "tasks", "target_cases", "base_p_correct",
-            "sft_p_correct", "correct_gain", "flipped"]
+    cols = ["child", "state", "duration_s", "tasks_cached", "tasks", *metric_columns(rows)]
     lines = [f"# Sweep `{name}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     if png is not None:
@@ -135,11 +172,15 @@ def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None)
 
 
 def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> Path:
-    """Grouped bars per child: mean p(correct) before and after SFT (target cases; none: an empty slot)."""
+    """Grouped bars per child: mean p(correct) before and after SFT (target cases; none: an empty slot);
+    for activation-baseline children: the pass rate with its 95 % CI as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if _is_baseline(rows):
+        return _plot_pass_rates(plt, name, rows, dest)
 
     labels = [r["child"] for r in rows]
     base = [r.get("base_p_correct") or 0.0 for r in rows]
@@ -156,6 +197,29 @@ def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> 
     ax.set_ylabel("mean p(correct answer)")
     ax.set_title(f"sweep {name}: base vs SFT", fontsize=10)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(dest)
+
+
+def _plot_pass_rates(plt, name: str, rows: list[dict[str, Any]], dest: Path | str) -> Path:
+    labels = [r["child"] for r in rows]
+    rates = [r.get("pass_rate") or 0.0 for r in rows]
+    low = [max(0.0, rate - (r.get("pass_rate_ci95_low") or 0.0)) for rate, r in zip(rates, rows)]
+    high = [max(0.0, (r.get("pass_rate_ci95_high") or 0.0) - rate) for rate, r in zip(rates, rows)]
+    xs = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(rows) + 1.5), 3.6), dpi=100)
+    colors = ["#66c2a5" if r.get("variant") == "instruct" else "#8da0cb" for r in rows]
+    ax.bar(xs, rates, yerr=[low, high], capsize=4, color=colors)
+    for x, r in zip(xs, rows):
+        ax.text(x, 0.01, f"{r.get('passed')}/{r.get('problems')}" if r["state"] == "Completed" else r["state"],
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, labels, rotation=15, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("MBPP pass rate (95 % Wilson CI)")
+    ax.set_title(f"sweep {name}: instruct vs base", fontsize=10)
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")

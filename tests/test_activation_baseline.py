@@ -1,4 +1,6 @@
-"""Activation baseline: MBPP split, residual capture, batched greedy generation, resume, kill -9, shards, Ray."""
+"""Activation baseline: MBPP split, residual capture, batched greedy generation, resume, kill -9, shards, Ray,
+the seed's file layout, every range in metadata.json, exact checkpoints with memory, time vs token limit,
+instruct vs base comparison, typed parameter groups and the CLI's help."""
 
 from __future__ import annotations
 
@@ -167,10 +169,10 @@ def test_resume_skips_finished_tasks_and_never_duplicates(tmp_path, llama):
     out = ab.run_range(model, tok, [long, {**PROBLEMS[1], "task_id": 901}], [1], cfg2, tmp_path, "extra")
     assert out["rows"] == 1 and [e["task_id"] for e in out["excluded"]] == [900]
     assert f"max_prompt_tokens={limit}" in out["excluded"][0]["error"]
-    merged = ab.merge_dataset(tmp_path, "tiny/llama", {"model": "tiny"})
+    merged = ab.merge_dataset(tmp_path, "instruct", {"model": "tiny"})
     assert merged["tasks"] == 7 and merged["excluded"] == 1
     ds = pd.read_parquet(merged["dataset"])
-    assert Path(merged["dataset"]).name == "dataset_tiny_llama_temp_0_0.parquet"
+    assert Path(merged["dataset"]).name == "dataset_instruct_temp_0_0.parquet"
     assert ds["task_id"].is_unique and len(ds) == 7
 
 
@@ -181,15 +183,17 @@ def test_flow_two_shards_merge_with_top_features(tmp_path, tiny_models, problems
 
     tf = tmp_path / "top_20_features.json"
     tf.write_text(json.dumps({"correct": [{"layer": 1, "feature_idx": 5}], "incorrect": [{"layer": 0, "feature_idx": 9}]}))
-    out = activation_baseline(model=str(tiny_models["qwen2"]), mbpp_source=str(problems_parquet), start=0, end=4,
-                              top_features=str(tf), max_new_tokens=6, batch_size=2, shards=2, device="cpu")
+    out = activation_baseline(model=str(tiny_models["qwen2"]),
+                              problems={"mbpp_source": str(problems_parquet), "start": 0, "end": 4},
+                              capture={"top_features": str(tf)}, generation={"max_new_tokens": 6, "batch_size": 2},
+                              placement={"shards": 2, "device": "cpu"})
     ds = pd.read_parquet(out["dataset"])
     assert sorted(ds["task_id"]) == [101, 102, 103, 104, 105]
     meta = json.loads(Path(out["metadata"]).read_text())
     assert meta["layers"] == [0, 1] and meta["best_layers"] == {"correct": 1, "incorrect": 0}
-    assert meta["counts"]["tasks"] == 5 and len(meta["shards"]) == 2 and meta["dtype"] == ["float32"]
-    assert meta["split"]["selected"] == 5 and meta["versions"]["transformers"]
-    assert {s["tasks"] for s in meta["shards"]} == {2, 3}
+    assert meta["counts"]["tasks"] == 5 and len(meta["ranges"]) == 2 and meta["dtype"] == ["float32"]
+    assert meta["split"]["problems_in_split"] == 6 and meta["versions"]["transformers"]
+    assert [(r["range"]["start"], r["range"]["end"], r["tasks"]) for r in meta["ranges"]] == [(0, 2, 3), (3, 4, 2)]
     files = sorted(p.name for p in (Path(out["run_dir"]) / "activations" / "task_activations").iterdir())
     assert len(files) == 10 and files[0] == "task_101_layer_0.npz"
 
@@ -238,11 +242,215 @@ def test_ray_task_runner_fans_out_shards_and_merges(tiny_models, problems_parque
 
     run = with_task_runner("ray", ray_init={"num_cpus": 2, "include_dashboard": False})
     try:
-        out = run(model=str(tiny_models["llama"]), mbpp_source=str(problems_parquet), start=0, end=3, layers=[0],
-                  max_new_tokens=4, batch_size=2, shards=2, device="cpu")
+        out = run(model=str(tiny_models["llama"]), problems={"mbpp_source": str(problems_parquet), "end": 3},
+                  capture={"layers": [0]}, generation={"max_new_tokens": 4, "batch_size": 2},
+                  placement={"shards": 2, "device": "cpu"})
     finally:
         ray.shutdown()
     ds = pd.read_parquet(out["dataset"])
     assert sorted(ds["task_id"]) == [101, 102, 103, 104]
     meta = json.loads(Path(out["metadata"]).read_text())
-    assert len(meta["shards"]) == 2 and all(s["rows"] == 2 for s in meta["shards"])
+    assert len(meta["ranges"]) == 2 and all(r["rows"] == 2 for r in meta["ranges"])
+
+
+# ---------------------------------------------------------------- the seed's layout, ranges, instruct vs base
+
+def _flow_run(flow_fn, **params):
+    """(return value, flow run id) of an in-process flow call."""
+    state = flow_fn(**params, return_state=True)
+    return state.result(), state.state_details.flow_run_id
+
+
+def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path, tiny_models, stories_path,
+                                                                              problems_parquet):
+    import asyncio
+
+    from flows.activation_baseline import activation_baseline
+    from flows.sweep_spec import comparison_markdown, comparison_rows, metrics_from_artifacts, plot_comparison
+    from tasks.run_info import read_flow_run
+
+    out_dir = tmp_path / "phase7_3"
+    common = dict(capture={"layers": [0, 1]}, generation={"max_new_tokens": 6, "batch_size": 2},
+                  placement={"device": "cpu"}, output_dir=str(out_dir))
+    # two calls, two ranges, one run directory (the tiny qwen2 has a chat template: instruct)
+    first, _ = _flow_run(activation_baseline, model=str(tiny_models["qwen2"]),
+                         problems={"mbpp_source": str(problems_parquet), "start": 0, "end": 1}, **common)
+    second, inst_id = _flow_run(activation_baseline, model=str(tiny_models["qwen2"]),
+                                problems={"mbpp_source": str(problems_parquet), "start": 2, "end": 4}, **common)
+    assert first["tasks"] == 2 and second["tasks"] == 5 and second["variant"] == "instruct"
+    # the seed's names, loadable
+    ds_path = out_dir / "dataset_instruct_temp_0_0.parquet"
+    assert Path(second["dataset"]) == ds_path and (out_dir / "metadata.json").is_file()
+    ds = pd.read_parquet(ds_path)
+    assert sorted(ds["task_id"]) == [101, 102, 103, 104, 105]
+    for tid in ds["task_id"]:
+        for layer in (0, 1):
+            with np.load(out_dir / "activations" / "task_activations" / f"task_{tid:03d}_layer_{layer}.npz") as z:
+                assert z["last_prompt"].shape == (64,) and int(z["task_id"]) == tid
+    # the split as a parquet the seed's phases (and --mbpp) read back
+    split = mbpp.load_split("validation", out_dir / "validation_mbpp.parquet")
+    assert [r["task_id"] for r in split] == [p["task_id"] for p in PROBLEMS]
+    # every range merged, counts that match the dataset
+    meta = json.loads((out_dir / "metadata.json").read_text())
+    assert [(r["range"]["start"], r["range"]["end"]) for r in meta["ranges"]] == [(0, 1), (2, 4)]
+    assert [r["rows_in_dataset"] for r in meta["ranges"]] == [2, 3]
+    assert sum(r["rows_in_dataset"] for r in meta["ranges"]) == meta["counts"]["tasks"] == len(ds)
+    assert meta["counts"]["passed"] == int(ds["pass"].sum()) and meta["dataset"] == ds_path.name
+    assert meta["variant"] == "instruct" and meta["prompt_format"] == "chat template"
+    assert all(r["peak_rss_bytes"] > 10 * 2**20 for r in meta["ranges"])
+    # the written split is the same split: a call reading it resumes in the same directory (nothing redone)
+    again = activation_baseline(model=str(tiny_models["qwen2"]), problems={
+        "mbpp_source": str(out_dir / "validation_mbpp.parquet"), "start": 0, "end": 4}, **common)
+    assert again["tasks"] == 5 and len(json.loads((out_dir / "metadata.json").read_text())["ranges"]) == 3
+    # another model into the same directory is refused before any model work
+    with pytest.raises(ReasonlabError, match="already holds another activation baseline run"):
+        activation_baseline(model=str(stories_path), problems={"mbpp_source": str(problems_parquet), "end": 1},
+                            **common)
+    # the base model (stories260K: no chat template) on the same range: completion prompts, dataset_base_*
+    base, base_id = _flow_run(activation_baseline, model=str(stories_path),
+                              problems={"mbpp_source": str(problems_parquet), "end": 4},
+                              **{**common, "output_dir": str(tmp_path / "base")})
+    assert Path(base["dataset"]).name == "dataset_base_temp_0_0.parquet"
+    base_ds = pd.read_parquet(base["dataset"])
+    assert base_ds["prompt"].str.endswith("```python\n").all() and not ds["prompt"].str.endswith("```python\n").any()
+    # the comparison the sweep publishes, read from the two runs' own artifacts
+    children = []
+    for label, run_id, variant in (("qwen2 | default", inst_id, "instruct"), ("stories | default", base_id, "base")):
+        states, artifacts = asyncio.run(read_flow_run(run_id))
+        children.append({"label": label, "model": label, "set": "default", "state": "Completed",
+                         "task_states": states,
+                         "metrics": metrics_from_artifacts(artifacts, "activation-baseline/activation-baseline")})
+    rows = comparison_rows(children)
+    assert [r["variant"] for r in rows] == ["instruct", "base"]
+    assert rows[0]["problems"] == 5 and rows[0]["tasks"] == 2  # problems vs task runs: two different counts
+    assert rows[0]["pass_rate_ci95_low"] <= rows[0]["pass_rate"] <= rows[0]["pass_rate_ci95_high"]
+    assert rows[1]["mean_completion_tokens"] == pytest.approx(base_ds["completion_tokens"].mean(), abs=0.01)
+    n_err = (~base_ds["pass"]).sum()
+    assert sum(int(x.rsplit(" ", 1)[1]) for x in rows[1]["error_types"].split(", ")) == n_err
+    md = comparison_markdown("iv", rows, plot_comparison("iv", rows, tmp_path / "iv.png"))
+    assert "pass_rate_ci95_low" in md and "| qwen2 \\| default | Completed |" in md
+    assert (tmp_path / "iv.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_wilson_interval_and_variants():
+    from flows.activation_baseline import resolve_variant
+    from reasonlab.models import REGISTRY, ResolvedModel
+
+    low, high = ab.wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)  # the textbook 95 % Wilson interval of 5/10
+    assert ab.wilson_interval(0, 0) == (0.0, 1.0) and ab.wilson_interval(0, 20)[0] == 0.0
+    assert REGISTRY["gemma-2-2b"].hub_id == "google/gemma-2-2b" and not REGISTRY["gemma-2-2b"].chat
+    named = lambda n: ResolvedModel(name=n, source="/x", revision=None, fingerprint="f")  # noqa: E731
+    assert resolve_variant("auto", named("gemma-2-2b"), has_template=True) == ("base", False)  # registry's word
+    assert resolve_variant("auto", named("gemma-2-2b-it"), has_template=True) == ("instruct", True)
+    assert resolve_variant("auto", named("some-folder"), has_template=False) == ("base", False)
+    assert resolve_variant("base", named("gemma-2-2b-it"), has_template=True) == ("base", False)
+    with pytest.raises(ReasonlabError, match="has no chat template"):
+        resolve_variant("instruct", named("some-folder"), has_template=False)
+    with pytest.raises(ReasonlabError, match="unknown model variant 'chat'"):
+        ab.dataset_name("chat")
+
+
+# ---------------------------------------------------------------- honest per-row figures, checkpoints, memory
+
+def test_checkpoints_exactly_every_n_with_memory_and_measured_batch_times(tmp_path, llama):
+    model, tok = llama
+    cfg = ab.BaselineConfig(max_new_tokens=4, batch_size=3, checkpoint_every=2, sandbox_workers=2,
+                            memory_warn_fraction=0.0001)  # any machine is over 0.01 %: the warning must fire
+    ckpt = tmp_path / "shards" / "s" / ab.CHECKPOINT
+    seen, warnings = [], []
+
+    def progress(done, total):
+        seen.append((done, len(pd.read_parquet(ckpt)) if ckpt.is_file() else 0))
+
+    out = ab.run_range(model, tok, PROBLEMS[:5], [1], cfg, tmp_path, "s", progress=progress, warn=warnings.append,
+                       range_info={"split": "validation", "start": 0, "end": 4})
+    # batches of 3 are cut at the boundary: 2, 2, 1; the checkpoint holds exactly 2 and 4 rows when written
+    # (progress is reported after each batch; the last one's rows land in the final checkpoint)
+    assert seen == [(2, 2), (4, 4), (5, 4)] and len(pd.read_parquet(ckpt)) == 5
+    checkpoints = out["checkpoints"]
+    assert [(c["tasks_done"], c["rows"], c["final"]) for c in checkpoints] == [(2, 2, False), (4, 4, False),
+                                                                                (5, 5, True)]
+    for c in checkpoints:
+        assert c["memory"]["rss_bytes"] > 10 * 2**20 and 0 < c["memory"]["ram_used_fraction"] < 1
+        assert c["memory_warning"] and "cuda_allocated_bytes" not in c["memory"]  # CPU run: no GPU figures
+    assert len(warnings) == 3 and "over memory_warn_fraction=0%" in warnings[0] and out["memory_warning"]
+    record = json.loads((tmp_path / "shards" / "s" / ab.SHARD_RECORD).read_text())
+    assert record["range"] == {"split": "validation", "start": 0, "end": 4} and record["calls"][0]["checkpoints"]
+    assert record["calls"][0]["config"]["checkpoint_every"] == 2
+    rows = pd.read_parquet(ckpt)
+    # one measured time per generate call, shared by its rows and named by its batch id (no even split)
+    assert list(rows["batch_size"]) == [2, 2, 2, 2, 1] and rows["batch_id"].nunique() == 3
+    assert list(rows["batch_id"].unique()) == ["s/b0000", "s/b0001", "s/b0002"]
+    assert (rows.groupby("batch_id")["batch_generation_s"].nunique() == 1).all()
+    assert (rows["batch_generation_s"] > 0).all() and (rows["sandbox_s"] > 0).all()
+    assert "generation_s" not in rows.columns
+    # a resumed range continues the batch ids
+    more = ab.run_range(model, tok, PROBLEMS, [1], cfg, tmp_path, "s")
+    assert list(pd.read_parquet(ckpt)["batch_id"])[-1] == "s/b0003" and more["resumed"] == 5
+
+
+def test_time_limit_has_its_own_column_apart_from_the_token_limit(stories_path):
+    model, tok = load_model(resolve_model(str(stories_path)), "cpu", "fp32")
+    prompts = [codegen.mbpp_prompt(tok, p) for p in PROBLEMS[:2]]
+    by_tokens = codegen.generate_batch(model, tok, prompts, codegen.GenerationConfig(max_new_tokens=5))
+    assert all(o["hit_token_limit"] and not o["hit_time_limit"] and o["completion_tokens"] == 5 for o in by_tokens)
+    by_time = codegen.generate_batch(model, tok, prompts, codegen.GenerationConfig(max_new_tokens=400,
+                                                                                  max_time_s=0.0001))
+    assert all(o["hit_time_limit"] and not o["hit_token_limit"] and o["completion_tokens"] < 400 for o in by_time)
+    # a real stop: stories260K never ends a story within 400 tokens, so make "." a stop token for one call
+    period = tok(".", add_special_tokens=False)["input_ids"][-1]
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [saved, period]
+    try:
+        story = codegen.generate_batch(model, tok, ["Once upon a time"],
+                                       codegen.GenerationConfig(max_new_tokens=400))[0]
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert story["completion"].endswith(".") and story["completion_tokens"] < 400
+    assert not story["hit_token_limit"] and not story["hit_time_limit"]
+
+
+# ---------------------------------------------------------------- typed parameters and the CLI
+
+def test_parameter_groups_schema_and_cli_help():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.activation_baseline import activation_baseline, build_parser
+
+    schema = parameter_schema(activation_baseline).model_dump_for_openapi()
+    props, defs = schema["properties"], schema["definitions"]
+    assert {"problems", "capture", "generation", "robustness", "placement", "output_dir", "variant"} <= set(props)
+    for group in ("Problems", "Capture", "Generation", "Robustness", "Placement"):
+        assert group in defs and all(f.get("description") for f in defs[group]["properties"].values()), group
+    assert props["model"]["default"] == "gemma-2-2b-it"
+    assert defs["Robustness"]["properties"]["memory_warn_fraction"]["default"] == 0.85
+    parser = build_parser()
+    helptext = parser.format_help()
+    assert "residual capture at the best layers" in helptext and helptext.count("(default:") >= 20
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and action.help.strip(), action.dest
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"--model", "--mbpp", "--split", "--start", "--end", "--top-features", "--layers", "--max-new-tokens",
+            "--batch-size", "--capture-generated", "--checkpoint-every", "--max-attempts", "--sandbox-timeout",
+            "--generation-timeout", "--shards", "--device", "--devices", "--dtype", "--task-runner",
+            "--ray-address", "--ray-num-cpus", "--output-dir", "--variant", "--memory-warn-fraction"} <= flags
+
+
+def test_prefect_yaml_and_sweep_file_fit_the_flow():
+    import yaml
+
+    from flows.activation_baseline import Capture, Generation, Problems, Robustness
+    from flows.sweep_spec import load_sweep
+
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    dep = deployments["activation-baseline"]
+    assert dep["parameters"]["model"] == "gemma-2-2b-it" and dep["work_pool"]["name"] == "gpu"
+    Problems(**dep["parameters"]["problems"])
+    spec = load_sweep(REPO / deployments["activation-instruct-vs-base"]["parameters"]["sweep"])
+    assert spec.models == ["gemma-2-2b-it", "gemma-2-2b"]
+    assert spec.deployment == "activation-baseline/activation-baseline"
+    for child in spec.children():
+        p = child["parameters"]
+        Problems(**p["problems"]), Capture(**p["capture"]), Generation(**p["generation"]), Robustness(**p["robustness"])

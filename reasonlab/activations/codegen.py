@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from reasonlab.activations.capture import ResidualCapture
 from reasonlab.prompt_format import apply_template
 
-VERSION = "1"
+VERSION = "2"  # 2: hit_token_limit / hit_time_limit apart, the batch's measured time per row
 
 INSTRUCTION = ("You are an expert Python programmer, and here is your task: {text} "
                "Your code should pass these tests:\n\n{tests}\n\nWrite the Python function in a ```python code block.")
@@ -33,13 +33,15 @@ class GenerationConfig:
     capture_generated: also keep the residual at every generated token ([T, D] per layer).
     system_prompt: system turn for chat templates ("" = none: the template's default, if it has one).
     max_time_s: wall-clock limit of one generate call (transformers' `max_time`); None = no limit.
+    use_chat_template: prompt under the tokenizer's chat template (None: when the tokenizer has one).
     """
 
     max_new_tokens: int = 2000
     batch_size: int = 8
     capture_generated: bool = False
     system_prompt: str = ""
-    max_time_s: float | None = None  # a batch stops generating after this long (rows then hit_limit)
+    max_time_s: float | None = None  # a batch stops generating after this long (rows then hit_time_limit)
+    use_chat_template: bool | None = None
 
 
 def uses_chat_template(tokenizer) -> bool:
@@ -50,10 +52,15 @@ def problem_text(problem: dict) -> str:
     return INSTRUCTION.format(text=problem["text"].strip(), tests="\n".join(problem["test_list"]))
 
 
-def mbpp_prompt(tokenizer, problem: dict, system_prompt: str = "") -> str:
-    """The exact text fed to the model for one problem."""
+def chat_prompting(tokenizer, use_chat_template: bool | None = None) -> bool:
+    """Whether prompts go under the chat template: `use_chat_template`, or (None) whether the tokenizer has one."""
+    return uses_chat_template(tokenizer) if use_chat_template is None else bool(use_chat_template)
+
+
+def mbpp_prompt(tokenizer, problem: dict, system_prompt: str = "", use_chat_template: bool | None = None) -> str:
+    """The exact text fed to the model for one problem (a completion prompt for base models)."""
     text = problem_text(problem)
-    if uses_chat_template(tokenizer):
+    if chat_prompting(tokenizer, use_chat_template):
         # "" = no system turn at all, so a template's own default system prompt (Qwen's) stays
         return apply_template(tokenizer, system_prompt or None, "user", text, add_generation_prompt=True)
     return text + "\n\n```python\n"
@@ -83,12 +90,14 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: GenerationC
                    layers: Sequence[int] = ()) -> list[dict[str, Any]]:
     """Greedy completions for `prompts` in one left-padded `generate` call.
 
-    Returns one dict per prompt: completion, prompt_tokens, completion_tokens, hit_limit,
-    generation_s (the batch's wall time shared evenly) and, when `layers` is given,
+    Returns one dict per prompt: completion, prompt_tokens, completion_tokens, hit_token_limit (it stopped
+    because max_new_tokens were generated), hit_time_limit (cut by max_time_s before either a stop token or
+    the token limit), batch_generation_s (the measured wall time of the whole generate call: per-row time is
+    not measured, so none is given), batch_size and, when `layers` is given,
     activations {layer: {"last_prompt": [D] array, "generated": [T, D] array (capture_generated)}}.
     """
     tokenizer.padding_side = "left"
-    add_special = not uses_chat_template(tokenizer)  # a rendered chat template already holds BOS
+    add_special = not chat_prompting(tokenizer, config.use_chat_template)  # a rendered template holds BOS
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
     enc = {k: v.to(model.device) for k, v in enc.items()}
     capture = ResidualCapture(model, layers, over_generated=config.capture_generated) if layers else None
@@ -96,7 +105,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: GenerationC
         start = time.perf_counter()
         out = _generate(model, tokenizer, enc, config, capture)
         elapsed = time.perf_counter() - start
-    return _split_outputs(model, tokenizer, enc, out, capture, elapsed, len(prompts))
+    return _split_outputs(model, tokenizer, enc, out, capture, elapsed, len(prompts), config.max_new_tokens)
 
 
 def _generate(model, tokenizer, enc: dict, config: GenerationConfig, capture: ResidualCapture | None):
@@ -113,7 +122,7 @@ def _generate(model, tokenizer, enc: dict, config: GenerationConfig, capture: Re
 
 
 def _split_outputs(model, tokenizer, enc: dict, out, capture: ResidualCapture | None, elapsed: float,
-                   n_prompts: int) -> list[dict[str, Any]]:
+                   n_prompts: int, max_new_tokens: int) -> list[dict[str, Any]]:
     prompt_len = enc["input_ids"].shape[1]
     acts = capture.result() if capture else {}
     stops = _stop_ids(model, tokenizer)
@@ -121,14 +130,15 @@ def _split_outputs(model, tokenizer, enc: dict, out, capture: ResidualCapture | 
     results = []
     for i, ids in enumerate(new):
         n = next((j + 1 for j, t in enumerate(ids) if t in stops), None)
-        hit_limit = n is None
+        stopped = n is not None
         n = len(ids) if n is None else n
         row = {
             "completion": tokenizer.decode(ids[:n], skip_special_tokens=True),
             "prompt_tokens": int(enc["attention_mask"][i].sum()),
             "completion_tokens": n,
-            "hit_limit": hit_limit,
-            "generation_s": elapsed / n_prompts,
+            # no stop token: either all max_new_tokens were generated, or max_time cut the batch short
+            "hit_token_limit": not stopped and n >= max_new_tokens,
+            "hit_time_limit": not stopped and n < max_new_tokens,
             "batch_generation_s": elapsed,
             "batch_size": n_prompts,
         }

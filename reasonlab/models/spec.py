@@ -72,6 +72,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(name="llama-3.1-8b-instruct", hub_id="meta-llama/Llama-3.1-8B-Instruct"),
         ModelSpec(name="gemma-2-2b-it", hub_id="google/gemma-2-2b-it"),
+        ModelSpec(name="gemma-2-2b", hub_id="google/gemma-2-2b", chat=False),  # gemma-2-2b-it's base model
         ModelSpec(name="phi-2", hub_id="microsoft/phi-2", chat=False),
     ]
 }
