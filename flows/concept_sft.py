@@ -26,7 +26,7 @@ from reasonlab.concept_sft.evaluate import compare, results_markdown
 from reasonlab.io import sha256_json, write_json, write_text
 from reasonlab.models import load_tokenizer, resolve_model
 from reasonlab.concept_sft.params import (AttributionParams, ConceptParams, FilterParams, FormatParams,
-                                          GenerationParams, LLMParams, parse_group)
+                                          GenerationParams, LLMParams, GROUPS, parse_group)
 from reasonlab.prompt_format import require_formats
 from reasonlab.concept_sft.sft_config import load_sft_config
 from tasks import attribution as attr_stages
@@ -251,9 +251,11 @@ FLAGS: dict[str, str | Flag] = {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flow_arguments(parser, concept_sft, FLAGS)
-    args = parser.parse_args(argv)
+    params = flow_parameters(parser.parse_args(argv))
     try:
-        out = concept_sft(**flow_parameters(args))
+        for name in GROUPS:  # a bad value is one line here, before Prefect starts (and fails) a flow run
+            parse_group(name, params.get(name))
+        out = concept_sft(**params)
     except ReasonlabError as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps({"run_dir": out["run_dir"], "target_cases": out["target_cases"]}))

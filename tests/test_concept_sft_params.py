@@ -6,7 +6,7 @@ import pytest
 from prefect.utilities.callables import parameter_schema
 
 from flows.cli_params import add_flow_arguments, flow_parameters
-from flows.concept_sft import FLAGS, concept_sft
+from flows.concept_sft import FLAGS, concept_sft, main
 from flows.sweep_spec import load_sweep
 from reasonlab import models, paths
 from reasonlab.concept_sft.params import GROUPS, parse_group
@@ -102,6 +102,12 @@ def test_old_command_lines_give_the_same_parameters():
         assert flow_parameters(parser().parse_args(argv)) == {"concept": {"label": False}}
     with pytest.raises(SystemExit):
         parser().parse_args(["--prune-mode", "top"])
+
+
+def test_cli_bad_value_is_one_line_naming_the_field():
+    with pytest.raises(SystemExit, match=r"^error: concept-sft parameters: field 'filter.max_rank': Input should be "
+                                         r"greater than or equal to 2 \(got 1\)$"):
+        main(["--max-rank", "1"])
 
 
 def test_repo_sweeps_give_children_valid_concept_sft_parameters():
