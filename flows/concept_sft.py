@@ -18,14 +18,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.input import RunInput
 
 from blocks.resolve import resolve_model_ref
-from reasonlab.concept_sft import attribution
+from flows.cli_params import Flag, add_flow_arguments, flow_parameters
 from reasonlab import paths
 from reasonlab.concept_sft.concepts import candidates_markdown
 from reasonlab.errors import ReasonlabError
 from reasonlab.concept_sft.evaluate import compare, results_markdown
 from reasonlab.io import sha256_json, write_json, write_text
 from reasonlab.models import load_tokenizer, resolve_model
-from reasonlab.prompt_format import FORMATS, require_formats
+from reasonlab.concept_sft.params import (AttributionParams, ConceptParams, FilterParams, FormatParams,
+                                          GenerationParams, LLMParams, GROUPS, parse_group)
+from reasonlab.prompt_format import require_formats
 from reasonlab.concept_sft.sft_config import load_sft_config
 from tasks import attribution as attr_stages
 from tasks import concept_sft as stages
@@ -35,35 +37,18 @@ DEFAULT_PROMPTS = "data/target_prompts.json"
 DEFAULT_SFT_CONFIG = "configs/concept_sft_default.yaml"
 
 
-@flow(name="concept-sft", log_prints=True)
+@flow(name="concept-sft", log_prints=True, validate_parameters=False)  # the groups check themselves: one error
 def concept_sft(
     prompts: str = DEFAULT_PROMPTS,
     sft_config: str = DEFAULT_SFT_CONFIG,
     model: str | None = None,
     use_chat_template: bool | None = None,
-    top_k: int = 10,
-    max_rank: int = 5,
-    filter_format: str = "completion",
-    eval_formats: list[str] = ["chat", "completion"],
-    answer_prefix: str = " Answer:",
-    concept: str | None = None,
-    generate: bool = False,
-    llm_endpoint: str | None = None,
-    local_llm: str | None = None,
-    gen_n: int = 25,
-    gen_batches: int = 4,
-    gen_domain: str = "medical",
-    attribution_cases: int = 1,
-    attribution_format: str | None = None,
-    contrastive: list[str] | None = None,
-    tau: float = 0.05,
-    prune_mode: str = "max",
-    attribution_method: str = "act_x_grad",
-    max_nodes: int = 30,
-    concept_corpus: str | None = None,
-    label_concepts: bool = False,
-    interactive: bool = False,
-    pause_timeout: int = 3600,
+    filter: FilterParams = FilterParams(),
+    formats: FormatParams = FormatParams(),
+    attribution: AttributionParams = AttributionParams(),
+    concept: ConceptParams = ConceptParams(),
+    generation: GenerationParams = GenerationParams(),
+    llm: LLMParams = LLMParams(),
 ) -> dict:
     """Find prompts the model gets clearly wrong, train the intermediate concept, measure the shift.
 
@@ -71,94 +56,78 @@ def concept_sft(
         prompts: JSON/YAML file of {prompt, answer, topic} rows.
         sft_config: YAML SFT config (the seed's fields: texts, epochs, learning_rate, ...; `lora:` optional).
         model: registry name, local folder, Hub id, or block:NAME (a reasonlab-model block); overrides
-            the config's model_name.
+            the config's model_name (the default).
         use_chat_template: overrides the config's use_chat_template (SFT texts under the chat template);
-            false for base models that have none.
-        top_k: how many next tokens the filter and evaluation look at.
-        max_rank: the answer must sit at rank 2..max_rank for a prompt to be a target case.
-        filter_format: "completion" (the raw prompt) or "chat" (chat template + answer prefix).
-        eval_formats: formats to evaluate; "chat" is the seed's (template + " Answer:").
-        answer_prefix: text after the assistant header in the chat format.
-        concept: the intermediate concept the texts strengthen (recorded with the results).
-        generate: generate the prompts with an LLM (stage 1) instead of reading `prompts`.
-        llm_endpoint: name of an LLMEndpoint block; else REASONLAB_LLM_* env vars, else `local_llm`.
-        local_llm: a model served offline on loopback (`transformers serve`) for generation.
-        gen_n, gen_batches, gen_domain: prompts per batch, batches, and domain of the generation.
-        attribution_cases: how many target cases get an attribution graph (stage 3; 0 skips stages 3-4).
-        attribution_format: the graph's prompt format; default "chat" when evaluated in chat, else filter_format.
-        contrastive: (correct, wrong) single tokens; default: from each case (' Ald', ' Ren' for SmolLM2 in chat).
-        tau: pruning threshold in (0, 1); prune_mode "max" (|I| >= tau max|I|), "total" or "cumulative".
-        attribution_method: "act_x_grad" (one backward) or "integrated_gradients".
-        max_nodes: cap on the nodes kept by pruning (edges cost one batched backward over them).
-        concept_corpus: reference texts for the candidates' top-activating contexts (default: PubMedQA).
-        label_concepts: ask the LLM (llm_endpoint / env / local_llm) for a label per candidate (off = --no-llm).
-        interactive: pause after stage 4 for the researcher (concept + texts through the UI or the API);
-            off (default), the concept and texts come from the parameters and the SFT config.
-        pause_timeout: seconds the paused run waits before failing.
+            false for base models that have none; default: the config's.
+        filter: stage 2, the top-k filter: which prompts become target cases.
+        formats: how each stage shows a prompt to the model (completion or chat + answer prefix).
+        attribution: stages 3-4: contrastive attribution graph, pruning, concept candidates.
+        concept: the intermediate concept the texts strengthen, and whether the researcher chooses it.
+        generation: stage 1 (opt-in): generate the prompts with an LLM instead of reading `prompts`.
+        llm: the LLM for generation and candidate labels (block, env vars, or a local model).
     """
-    for fmt in [filter_format, *eval_formats, *([attribution_format] if attribution_format else [])]:
-        if fmt not in FORMATS:
-            raise ReasonlabError(f"unknown prompt format {fmt!r}: use one of {FORMATS}")
-    attribution.check_tau(tau)
-    if prune_mode not in attribution.PRUNE_MODES:
-        raise ReasonlabError(f"unknown pruning mode {prune_mode!r}: use one of {attribution.PRUNE_MODES}")
-    if attribution_method not in attribution.METHODS:
-        raise ReasonlabError(f"unknown attribution method {attribution_method!r}: use one of {attribution.METHODS}")
-    if contrastive is not None and len(contrastive) != 2:
-        raise ReasonlabError(f"contrastive needs exactly two tokens (correct, wrong), got {contrastive!r}")
+    # Every group from a model, a partial mapping (deployments, sweeps, the UI) or defaults; one error naming
+    # `group.field` (format, tau, pruning mode, method, contrastive pair, bounds) before any model work
+    filter, formats, attribution, concept, generation, llm = (
+        parse_group(name, value) for name, value in [("filter", filter), ("formats", formats),
+                                                     ("attribution", attribution), ("concept", concept),
+                                                     ("generation", generation), ("llm", llm)])
     config = load_sft_config(paths.find_input(sft_config))
     if use_chat_template is not None:
         config = config.model_copy(update={"use_chat_template": use_chat_template})
     prompts_path = paths.find_input(prompts)
 
     base = resolve_model_ref(model or config.model_name)  # a name, folder, Hub id, or block:NAME
-    attr_fmt = attribution_format or ("chat" if "chat" in eval_formats else filter_format)
+    attr_fmt = formats.attribution or ("chat" if "chat" in formats.evaluation else formats.filter)
     sft_format = ["chat"] if config.use_chat_template else []
-    require_formats(load_tokenizer(base), [filter_format, *eval_formats, attr_fmt, *sft_format], base.name)
+    require_formats(load_tokenizer(base), [formats.filter, *formats.evaluation, attr_fmt, *sft_format], base.name)
 
     # Stage 1 - prompts: generated by an LLM (opt-in: the default job needs no key), else read from a file
-    if generate:
-        endpoint = resolve_endpoint(llm_endpoint, local_llm)  # one clear error if nothing is configured
-        prompts_path = paths.runs_dir() / "prompt_generation" / f"{gen_domain}_prompts.json"
-        generated = generate_prompts(endpoint, {"n": gen_n, "batches": gen_batches, "domain": gen_domain},
-                                     str(prompts_path), key_block=llm_endpoint)
+    if generation.enabled:
+        endpoint = resolve_endpoint(llm.endpoint, llm.local_model)  # one clear error if nothing is configured
+        prompts_path = paths.runs_dir() / "prompt_generation" / f"{generation.domain}_prompts.json"
+        generated = generate_prompts(endpoint, {"n": generation.n, "batches": generation.batches,
+                                                "domain": generation.domain},
+                                     str(prompts_path), key_block=llm.endpoint)
         if generated["accepted"] == 0:
             raise ReasonlabError(f"prompt generation accepted no prompts; see the reasons in {prompts_path}")
     rows = stages.load_prompts(prompts_path)
-    run_dir = paths.runs_dir() / "concept_sft" / sha256_json(
-        [base.fingerprint, rows, config.model_dump(), top_k, max_rank, filter_format, eval_formats, answer_prefix]
+    run_dir = paths.runs_dir() / "concept_sft" / sha256_json(  # the same key as before the parameters were grouped
+        [base.fingerprint, rows, config.model_dump(), filter.top_k, filter.max_rank, formats.filter, formats.evaluation,
+         formats.answer_prefix]
     )[:16]
 
     # Stage 2 - top-k filter
-    filtered = stages.filter_prompts(base, rows, str(run_dir / "filtered_prompts.json"), k=top_k, max_rank=max_rank,
-                                     fmt=filter_format, system_prompt=config.system_prompt,
-                                     answer_prefix=answer_prefix, device=config.device, dtype=config.dtype)
+    filtered = stages.filter_prompts(base, rows, str(run_dir / "filtered_prompts.json"), k=filter.top_k,
+                                     max_rank=filter.max_rank, fmt=formats.filter, system_prompt=config.system_prompt,
+                                     answer_prefix=formats.answer_prefix, device=config.device, dtype=config.dtype)
     cases = filtered["target_cases"]
     publish_filter(filtered)
     if not cases:
         print("no target cases: nothing to train (see the filter artifact for each prompt's reason)")
         return {"run_dir": str(run_dir), "target_cases": 0}
 
-    # Stage 3 - contrastive attribution graph per target case (the first `attribution_cases`)
+    # Stage 3 - contrastive attribution graph per target case (the first `attribution.cases`)
     graphs, candidates = [], []
-    for case in cases[:attribution_cases]:
-        key = sha256_json([case["prompt"], attr_fmt, contrastive, tau, prune_mode, attribution_method, max_nodes])
+    a = attribution
+    for case in cases[:a.cases]:
+        key = sha256_json([case["prompt"], attr_fmt, a.contrastive, a.tau, a.prune_mode, a.method, a.max_nodes])
         out_dir = run_dir / "attribution" / key[:12]
         graphs.append(attr_stages.attribute_case(
-            base, case, str(out_dir), fmt=attr_fmt, system_prompt=config.system_prompt, answer_prefix=answer_prefix,
-            contrastive=contrastive, tau=tau, prune_mode=prune_mode, method=attribution_method, max_nodes=max_nodes,
-            device=config.device, dtype=config.dtype))
+            base, case, str(out_dir), fmt=attr_fmt, system_prompt=config.system_prompt,
+            answer_prefix=formats.answer_prefix, contrastive=a.contrastive, tau=a.tau, prune_mode=a.prune_mode,
+            method=a.method, max_nodes=a.max_nodes, device=config.device, dtype=config.dtype))
         # Stage 4 - concept candidates: upstream, at the prompt's tokens, not lexical; top corpus contexts
         candidates.append(attr_stages.concept_candidates(
             base, Path(graphs[-1]["files"]["json"]), str(out_dir / "candidates.json"),
-            corpus=paths.find_input(concept_corpus) if concept_corpus else None,
+            corpus=paths.find_input(concept.corpus) if concept.corpus else None,
             device=config.device, dtype=config.dtype))
-    if label_concepts and candidates:
-        endpoint = resolve_endpoint(llm_endpoint, local_llm)
-        candidates = [attr_stages.label_concepts(endpoint, c, key_block=llm_endpoint) for c in candidates]
+    if concept.label and candidates:
+        endpoint = resolve_endpoint(llm.endpoint, llm.local_model)
+        candidates = [attr_stages.label_concepts(endpoint, c, key_block=llm.endpoint) for c in candidates]
     publish_attribution(graphs, candidates)
-    choice = choose_concept(graphs, candidates, concept, config.texts, interactive, pause_timeout)
-    concept = choice["concept"]
+    choice = choose_concept(graphs, candidates, concept.name, config.texts, concept.interactive, concept.pause_timeout)
+    chosen = choice["concept"]
 
     # Stage 5 - training texts, leak-checked against every target's wrong answer and topic
     texts = stages.check_training_texts(choice["texts"], cases, config.forbidden_terms)
@@ -169,19 +138,19 @@ def concept_sft(
     tuned = resolve_model(sft["checkpoint"])
 
     # Stage 7 - evaluate base vs SFT
-    eval_args = dict(system_prompt=config.system_prompt, answer_prefix=answer_prefix, device=config.device,
-                     dtype=config.dtype, k=top_k)
-    before = stages.evaluate_model(base, cases, eval_formats, str(run_dir / "eval_base.json"), **eval_args)
-    after = stages.evaluate_model(tuned, cases, eval_formats, str(run_dir / "eval_sft.json"), **eval_args)
+    eval_args = dict(system_prompt=config.system_prompt, answer_prefix=formats.answer_prefix, device=config.device,
+                     dtype=config.dtype, k=filter.top_k)
+    before = stages.evaluate_model(base, cases, formats.evaluation, str(run_dir / "eval_base.json"), **eval_args)
+    after = stages.evaluate_model(tuned, cases, formats.evaluation, str(run_dir / "eval_sft.json"), **eval_args)
     table = compare(before, after)
-    results = {"model": base.to_dict(), "sft_checkpoint": sft["checkpoint"], "concept": concept,
+    results = {"model": base.to_dict(), "sft_checkpoint": sft["checkpoint"], "concept": chosen,
                "concept_neuron": choice["neuron"], "concept_source": choice["source"],
                "attribution": graphs, "train_losses": sft["losses"], "table": table}
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "results.md", results_markdown(table))
-    publish_results(table, sft, concept)
+    publish_results(table, sft, chosen)
     print("\n" + results_markdown(table))
-    return {"run_dir": str(run_dir), "target_cases": len(cases), "table": table, "concept": concept,
+    return {"run_dir": str(run_dir), "target_cases": len(cases), "table": table, "concept": chosen,
             "concept_neuron": choice["neuron"], "concept_source": choice["source"], "attribution": graphs}
 
 
@@ -262,46 +231,31 @@ def publish_results(table: list[dict], sft: dict, concept: str | None) -> None:
     )
 
 
+# The CLI's flags (unchanged since before the grouping): help and defaults come from the parameter schema
+FLAGS: dict[str, str | Flag] = {
+    "filter.top_k": "--top-k", "filter.max_rank": "--max-rank",
+    "formats.filter": "--filter-format", "formats.evaluation": "--eval-formats",
+    "formats.attribution": "--attribution-format", "formats.answer_prefix": "--answer-prefix",
+    "attribution.cases": "--attribution-cases", "attribution.contrastive": Flag("--contrastive", metavar=("CORRECT", "WRONG")),
+    "attribution.tau": "--tau", "attribution.prune_mode": "--prune-mode", "attribution.method": "--attribution-method",
+    "attribution.max_nodes": "--max-nodes",
+    "concept.name": "--concept", "concept.corpus": "--concept-corpus",
+    "concept.label": Flag("--label-concepts", off="--no-llm"),  # --no-llm: the seed's flag (labels are off by default)
+    "concept.interactive": "--interactive", "concept.pause_timeout": "--pause-timeout",
+    "generation.enabled": "--generate", "generation.n": "--n", "generation.batches": "--batches",
+    "generation.domain": "--gen-domain",
+    "llm.endpoint": "--llm-endpoint", "llm.local_model": "--local-llm",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", default=DEFAULT_PROMPTS)
-    parser.add_argument("--sft-config", default=DEFAULT_SFT_CONFIG)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--use-chat-template", default=None, action=argparse.BooleanOptionalAction,
-                        help="override the SFT config's use_chat_template")
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--max-rank", type=int, default=5)
-    parser.add_argument("--filter-format", default="completion", choices=FORMATS)
-    parser.add_argument("--eval-formats", nargs="+", default=["chat", "completion"], choices=FORMATS)
-    parser.add_argument("--concept", default=None)
-    parser.add_argument("--generate", action="store_true", help="generate the prompts with an LLM (stage 1)")
-    parser.add_argument("--llm-endpoint", default=None, help="LLMEndpoint block name")
-    parser.add_argument("--local-llm", default=None, help="model to serve offline for generation")
-    parser.add_argument("--n", type=int, default=25)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--attribution-cases", type=int, default=1)
-    parser.add_argument("--attribution-format", default=None, choices=FORMATS,
-                        help="the graph's prompt format (default: chat when evaluated in chat)")
-    parser.add_argument("--contrastive", nargs=2, default=None, metavar=("CORRECT", "WRONG"))
-    parser.add_argument("--tau", type=float, default=0.05)
-    parser.add_argument("--prune-mode", default="max", choices=attribution.PRUNE_MODES)
-    parser.add_argument("--attribution-method", default="act_x_grad", choices=attribution.METHODS)
-    parser.add_argument("--max-nodes", type=int, default=30)
-    parser.add_argument("--label-concepts", action="store_true", help="LLM label per candidate (default: --no-llm)")
-    parser.add_argument("--no-llm", action="store_true", help="no LLM labels (the default; the seed's flag)")
-    parser.add_argument("--interactive", action="store_true", help="pause for the researcher's concept choice")
-    args = parser.parse_args(argv)
+    add_flow_arguments(parser, concept_sft, FLAGS)
+    params = flow_parameters(parser.parse_args(argv))
     try:
-        out = concept_sft(prompts=args.prompts, sft_config=args.sft_config, model=args.model,
-                          use_chat_template=args.use_chat_template, top_k=args.top_k,
-                          max_rank=args.max_rank, filter_format=args.filter_format, eval_formats=args.eval_formats,
-                          concept=args.concept, generate=args.generate, llm_endpoint=args.llm_endpoint,
-                          local_llm=args.local_llm, gen_n=args.n, gen_batches=args.batches,
-                          attribution_cases=args.attribution_cases, attribution_format=args.attribution_format,
-                          contrastive=args.contrastive, tau=args.tau,
-                          prune_mode=args.prune_mode, attribution_method=args.attribution_method,
-                          max_nodes=args.max_nodes, label_concepts=args.label_concepts and not args.no_llm,
-                          interactive=args.interactive)
+        for name in GROUPS:  # a bad value is one line here, before Prefect starts (and fails) a flow run
+            parse_group(name, params.get(name))
+        out = concept_sft(**params)
     except ReasonlabError as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps({"run_dir": out["run_dir"], "target_cases": out["target_cases"]}))

@@ -59,9 +59,11 @@ async def model_sweep(
     Args:
         sweep: a sweep YAML (deployments/sweeps/*.yaml); the other arguments override its fields.
         models: model references for the children (registry name, folder, Hub id, or block:NAME).
-        parameter_sets: [{name, **flow parameters}]; default: one set named "default".
+        parameter_sets: [{name, **flow parameters}], e.g. {name: k5, filter: {top_k: 5}}; default: one set
+            named "default".
         deployment: "flow name/deployment name" of the children (default concept-sft/concept-sft).
-        base_parameters: parameters every child gets (a set's entries override them).
+        base_parameters: parameters every child gets (a set's entries override them; a parameter group such
+            as concept-sft's `filter` merges field by field).
         name: the sweep's name (artifact titles, output folder, child run names).
         poll_s: how often to poll each child's state.
     """

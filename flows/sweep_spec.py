@@ -5,11 +5,11 @@ A sweep runs one deployment once per (model x parameter set) and compares the ru
     name: concept-sft-models
     deployment: concept-sft/concept-sft      # "flow name/deployment name"
     model_parameter: model                    # the flow parameter that takes the model
-    base_parameters: {eval_formats: [completion]}
+    base_parameters: {formats: {evaluation: [completion]}}
     models: [smollm2-135m-instruct, block:qwen]
     parameter_sets:                           # optional; default: one set named "default"
       - {name: default}
-      - {name: top5, top_k: 5}
+      - {name: top5, filter: {top_k: 5}}      # a parameter group merges field by field with the base's
 
 `flows/sweep.py` fans the children out and waits; `metrics_from_artifacts` reads each child's numbers from
 its own artifacts (concept-sft: p(correct) before/after SFT; activation-baseline: pass rate with its 95 %
@@ -47,8 +47,18 @@ class SweepSpec:
             for pset in self.parameter_sets:
                 overrides = {k: v for k, v in pset.items() if k != "name"}
                 out.append({"label": f"{short_model(model)} | {pset['name']}", "model": model, "set": pset["name"],
-                            "parameters": {**self.base_parameters, **overrides, self.model_parameter: model}})
+                            "parameters": {**merge_parameters(self.base_parameters, overrides),
+                                           self.model_parameter: model}})
         return out
+
+
+def merge_parameters(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over `base`; a parameter group (a mapping in both) merges field by field."""
+    out = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = {**base[key], **value} if both else value
+    return out
 
 
 def short_model(model: str) -> str:

@@ -16,6 +16,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
 from flows.concept_sft import concept_sft
+from flows.sweep_spec import merge_parameters
 from reasonlab.errors import ReasonlabError
 from tasks.run_info import flow_run_summary
 
@@ -35,12 +36,13 @@ def job(tmp_path, stories_chat):
                                       "output_dir": str(tmp_path / "ckpt")}))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Lily went to the park.\n\nTom had a red ball and a big dog.\n\nThe cat sat on the mat.")
-    return dict(prompts=str(prompts), sft_config=str(config), eval_formats=["completion"], max_rank=10,
-                attribution_format="completion", max_nodes=8, concept_corpus=str(corpus))
+    return dict(prompts=str(prompts), sft_config=str(config), filter={"max_rank": 10},
+                formats={"evaluation": ["completion"], "attribution": "completion"}, attribution={"max_nodes": 8},
+                concept={"corpus": str(corpus)})
 
 
 def test_unattended_run_attributes_publishes_and_takes_the_concept_from_parameters(job):
-    state = concept_sft(**job, concept="playing outside", return_state=True)
+    state = concept_sft(**merge_parameters(job, {"concept": {"name": "playing outside"}}), return_state=True)
     out = state.result()
     if out["target_cases"] == 0:
         pytest.fail("stories260K should give a target case for these prompts")
@@ -71,8 +73,8 @@ def paused_run(flow_name: str = "concept-sft", timeout: float = 240):
 
 def test_interactive_run_pauses_for_the_researcher_and_resumes_with_input(job, tmp_path):
     box = {}
-    runner = threading.Thread(target=lambda: box.update(state=concept_sft(**job, interactive=True, pause_timeout=150,
-                                                                           return_state=True)))
+    job = merge_parameters(job, {"concept": {"interactive": True, "pause_timeout": 150}})
+    runner = threading.Thread(target=lambda: box.update(state=concept_sft(**job, return_state=True)))
     runner.start()
     try:
         run = paused_run()
@@ -97,16 +99,16 @@ def test_interactive_run_pauses_for_the_researcher_and_resumes_with_input(job, t
 
 
 def test_bad_attribution_parameters_fail_before_model_work(job, tmp_path):
-    for bad, match in [({"tau": 1.5}, r"tau must be a number in \(0, 1\)"),
+    for bad, match in [({"tau": 1.5}, r"attribution.tau: tau must be a number in \(0, 1\)"),
                        ({"tau": 0}, r"tau must be a number in \(0, 1\)"),
-                       ({"prune_mode": "top"}, "unknown pruning mode 'top'"),
+                       ({"prune_mode": "top"}, "attribution.prune_mode: unknown pruning mode 'top'"),
                        ({"contrastive": [" Lily"]}, "contrastive needs exactly two tokens")]:
         with pytest.raises(ReasonlabError, match=match):
-            concept_sft(**{**job, **bad})
+            concept_sft(**merge_parameters(job, {"attribution": bad}))
     assert not (tmp_path / "ckpt").exists()
 
 
 def test_contrastive_tokens_that_are_not_one_token_name_their_pieces(job, tmp_path):
     with pytest.raises(ReasonlabError, match=r"contrastive token ' elephant' is not one token: it becomes \[' e', "):
-        concept_sft(**job, contrastive=[" elephant", " the"])
+        concept_sft(**merge_parameters(job, {"attribution": {"contrastive": [" elephant", " the"]}}))
     assert not (tmp_path / "ckpt").exists()

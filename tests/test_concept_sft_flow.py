@@ -39,7 +39,7 @@ def inputs(tmp_path, stories_path):
 
 def run(inputs, texts):
     return concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](texts),
-                       eval_formats=["completion"], concept="little things", return_state=True)
+                       formats={"evaluation": ["completion"]}, concept={"name": "little things"}, return_state=True)
 
 
 def task_states(state):
@@ -82,9 +82,9 @@ def test_bad_inputs_fail_before_any_model_work(inputs, tmp_path):
     with pytest.raises(ReasonlabError, match="unknown field 'epoch'"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS, epoch=3))
     with pytest.raises(ReasonlabError, match="unknown prompt format 'qa'"):
-        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["qa"])
+        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), formats={"evaluation": ["qa"]})
     forwards = models.forward_passes()
     with pytest.raises(ReasonlabError, match="has no chat template, so the 'chat' format cannot be built"):
-        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), eval_formats=["chat"])
+        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), formats={"evaluation": ["chat"]})
     assert models.forward_passes() == forwards
     assert not (tmp_path / "ckpt").exists()

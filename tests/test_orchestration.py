@@ -171,7 +171,9 @@ def test_setup_is_idempotent_and_pools_carry_device_and_storage(cluster):
     assert deps["concept-sft"]["work_pool_name"] == "gpu" and deps["concept-sft-models"]["work_pool_name"] == "cpu"
     [nightly] = deps["nightly-eval"]["schedules"]
     assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False
-    assert "model" in deps["concept-sft"]["parameter_openapi_schema"]["properties"]
+    schema = deps["concept-sft"]["parameter_openapi_schema"]  # what the UI's run form is drawn from
+    assert {"model", "filter", "formats", "attribution", "concept", "generation", "llm"} <= set(schema["properties"])
+    assert schema["definitions"]["AttributionParams"]["properties"]["tau"]["exclusiveMaximum"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +203,7 @@ def test_main_job_through_deployment_and_worker(cluster, stories_inputs):
     t0 = time.monotonic()
     run_id = cluster.deployment_run("concept-sft/concept-sft", {
         "prompts": stories_inputs["prompts"], "sft_config": stories_inputs["main"],
-        "eval_formats": ["completion"], "concept": "little things"})
+        "formats": {"evaluation": ["completion"]}, "concept": {"name": "little things"}})
     wall = time.monotonic() - t0
     run = cluster.flow_run(run_id)
     assert run["state"]["type"] == "COMPLETED" and run["work_pool_name"] == "gpu"
@@ -223,8 +225,8 @@ def test_main_job_through_deployment_and_worker(cluster, stories_inputs):
 def test_sweep_over_two_models_then_rerun_reuses_children(cluster, stories_inputs, stories_path, tiny_models):
     params = {"models": [str(stories_path), "block:tiny-qwen"], "name": "test-sweep",
               "base_parameters": {"prompts": stories_inputs["prompts"], "sft_config": stories_inputs["sweep"],
-                                  "eval_formats": ["completion"]},
-              "parameter_sets": [{"name": "k10", "top_k": 10}], "poll_s": 1}
+                                  "formats": {"evaluation": ["completion"]}},
+              "parameter_sets": [{"name": "k10", "filter": {"top_k": 10}}], "poll_s": 1}
     first_id = cluster.deployment_run("model-sweep/concept-sft-models", params)
     rows1 = json.loads(cluster.artifacts(first_id)["model-sweep-comparison"]["data"])
     second_id = cluster.deployment_run("model-sweep/concept-sft-models", params)

@@ -32,6 +32,15 @@ def test_children_are_models_times_parameter_sets():
     assert kids[2]["parameters"]["model"] == "/x/y/tiny"
 
 
+def test_a_parameter_set_overrides_a_group_field_by_field():
+    spec = parse_sweep({"models": ["a"], "base_parameters": {"formats": {"evaluation": ["completion"]},
+                                                             "filter": {"top_k": 10, "max_rank": 5}},
+                        "parameter_sets": [{"name": "k5", "filter": {"top_k": 5}, "formats": "x"}]})
+    [kid] = spec.children()
+    assert kid["parameters"] == {"formats": "x", "filter": {"top_k": 5, "max_rank": 5}, "model": "a"}
+    assert spec.base_parameters["filter"] == {"top_k": 10, "max_rank": 5}  # the base is not changed
+
+
 @pytest.mark.parametrize("data, message", [
     ({"models": []}, "models must be a non-empty list"),
     ({"models": ["a", "a"]}, "duplicates"),

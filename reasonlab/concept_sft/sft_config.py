@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from reasonlab.errors import ReasonlabError
+from reasonlab.errors import check_model
 from reasonlab.io import read_structured
 from reasonlab.models import DEFAULT_MODEL
 
@@ -48,21 +48,7 @@ class SFTConfig(BaseModel):
 
 
 def parse_sft_config(data: object, where: str = "sft config") -> SFTConfig:
-    if not isinstance(data, dict):
-        raise ReasonlabError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        return SFTConfig.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(config)"
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown field {field!r}")
-            elif err["type"] == "missing":
-                problems.append(f"missing field {field!r}")
-            else:
-                problems.append(f"field {field!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ReasonlabError(f"{where}: " + "; ".join(problems)) from None
+    return check_model(SFTConfig, data, where)
 
 
 def load_sft_config(path: Path | str) -> SFTConfig:
