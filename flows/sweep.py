@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact, acreate_table_artifact
 from prefect.deployments import run_deployment
 
 from reasonlab import paths
@@ -28,6 +28,7 @@ from reasonlab.io import write_json
 from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
                              parse_sweep, plot_comparison)
 from tasks.run_info import read_flow_run
+from tasks.artifacts import url_for
 
 
 async def run_child(deployment: str, child: dict[str, Any], sweep_name: str, poll_s: float) -> dict[str, Any]:
@@ -87,6 +88,8 @@ async def model_sweep(
     await acreate_table_artifact(rows, key="model-sweep-comparison",
                                 description=f"Sweep {spec.name}: one row per child run")
     await acreate_markdown_artifact(comparison_markdown(spec.name, rows, png), key="model-sweep-report")
+    if url_for(png):
+        await acreate_image_artifact(image_url=url_for(png), key="model-sweep-plot", description=f"Sweep {spec.name}")
     failed = [r["child"] for r in rows if r["state"] != "Completed"]
     if failed:
         raise ReasonlabError(f"sweep {spec.name}: children not Completed: {failed} (see model-sweep-comparison)")

@@ -25,6 +25,7 @@ from typing import Any
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, read_structured
+from tasks.artifacts import image_markdown
 
 SWEEP_FIELDS = {"name", "deployment", "model_parameter", "base_parameters", "models", "parameter_sets"}
 
@@ -177,7 +178,7 @@ def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None)
     lines = [f"# Sweep `{name}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     if png is not None:
-        lines += ["", f"Plot: `{png}`"]
+        lines += ["", image_markdown(png, "sweep comparison"), "", f"Plot file: `{png}`"]
     return "\n".join(lines) + "\n"
 
 

@@ -112,8 +112,33 @@ def test_cli_bad_value_is_one_line_naming_the_field():
 
 def test_repo_sweeps_give_children_valid_concept_sft_parameters():
     props = concept_sft.parameters.properties
-    for path in sorted((paths.project_root() / "deployments" / "sweeps").glob("*.yaml")):
-        for child in load_sweep(path).children():
+    specs = [load_sweep(p) for p in sorted((paths.project_root() / "deployments" / "sweeps").glob("*.yaml"))]
+    concept_specs = [s for s in specs if s.deployment.startswith("concept-sft/")]
+    assert concept_specs, "no sweep file drives concept-sft"
+    for spec in concept_specs:
+        path = spec.name
+        for child in spec.children():
             assert set(child["parameters"]) <= set(props), (path.name, child["parameters"])
             for name in GROUPS.keys() & child["parameters"].keys():
                 parse_group(name, child["parameters"][name])
+
+
+@pytest.mark.parametrize("case", ["malformed_row", "tau", "unknown_model"])
+def test_cli_bad_input_prints_only_its_one_line_error(case, tmp_path, stories_path):
+    """The whole console output of the CLI for bad input is one `error:` line: no Prefect run, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "prompts.json"
+    bad.write_text('[{"prompt": "The hormone is", "answer": "aldosterone", "colour": "red"}]')
+    args = {"malformed_row": ["--prompts", str(bad), "--model", str(stories_path)],
+            "tau": ["--tau", "1.5", "--model", str(stories_path)],
+            "unknown_model": ["--model", "no-such-model-anywhere"]}[case]
+    expected = {"malformed_row": "unknown field(s) ['colour']", "tau": "attribution.tau",
+                "unknown_model": "no-such-model-anywhere"}[case]
+    out = subprocess.run([sys.executable, "-m", "flows.concept_sft", *args], capture_output=True, text=True,
+                         timeout=300, cwd=paths.project_root(), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, lines[:40]
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
