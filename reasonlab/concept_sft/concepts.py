@@ -136,9 +136,13 @@ def candidates_markdown(graph: dict, described: list[dict]) -> str:
     lines = [f"### Concept candidates for {graph['prompt']!r}",
              f"{graph['metric']} = {graph['logit_diff']:+.3f}; positive influence favours {graph['contrastive'][0]!r}.",
              "", "| # | neuron | token | influence | label | writes | top context |", "|---|---|---|---|---|---|---|"]
+    if described and not any(c.get("label") for c in described):
+        lines[2:2] = ["Labels: none (an LLM names each candidate with --label-concepts; read `writes` and the "
+                      "contexts meanwhile).", ""]
     for i, c in enumerate(described, 1):
-        ctx = c["contexts"][0]["text"].replace("|", "\\|").replace("\n", " ") if c["contexts"] else ""
-        lines.append(f"| {i} | `{c['id']}` | {c['token']!r} | {c['influence']:+.3f} | {c.get('label') or ''} | "
+        ctx = (c["contexts"][0]["text"].replace("|", "\\|").replace("\n", " ") if c["contexts"]
+               else "(no corpus context activates it)")
+        lines.append(f"| {i} | `{c['id']}` | {c['token']!r} | {c['influence']:+.3f} | {c.get('label') or '—'} | "
                      f"{', '.join(map(repr, c['promotes'][:3]))} | {ctx} |")
     if not described:
         lines.append("| - | no node passes the criteria (upstream, prompt position, not lexical) | | | | | |")
