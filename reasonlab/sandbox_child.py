@@ -183,9 +183,9 @@ def drop_uid(ctypes, libc, check, uid, keep_read_cap):
     except CAP_DAC_READ_SEARCH when ``keep_read_cap`` (unconfined mode, interpreter in a closed dir)."""
     if keep_read_cap:
         check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-    else:
-        for cap in range(64):  # fails (EINVAL) past the last capability, or without CAP_SETPCAP: fine
-            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    elif libc is not None:  # under bwrap (no libc loaded: ctypes costs ~5 ms a run) no_new_privs is set,
+        for cap in range(64):  # so the bounding set cannot give anything back; here, empty it anyway
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: fine
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
@@ -205,16 +205,19 @@ def drop_uid(ctypes, libc, check, uid, keep_read_cap):
         check(libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
 
 
-def capabilities():
-    """The effective capability mask, from /proc/self/status (0 when /proc is absent)."""
+def process_status():
+    """(effective capability mask, no_new_privs) from /proc/self/status ((0, None) without /proc)."""
+    caps, nnp = 0, None
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
                 if line.startswith(b"CapEff:"):
-                    return int(line.split()[1], 16)
+                    caps = int(line.split()[1], 16)
+                elif line.startswith(b"NoNewPrivs:"):
+                    nnp = line.split()[1] == b"1"
     except OSError:
         pass
-    return 0
+    return caps, nnp
 
 
 def observed(job):
@@ -236,7 +239,9 @@ def observed(job):
         facts["no_network"] = names == [b"lo"]
     except OSError:
         pass
-    facts["capabilities"] = capabilities()
+    facts["capabilities"], nnp = process_status()
+    if nnp is not None:
+        facts["no_new_privs"] = nnp
     return facts
 
 
@@ -278,7 +283,7 @@ def main():
                 os._exit(3)
 
     ctypes = libc = check = None
-    if want or job.get("mountns"):
+    if job.get("mountns") or any(want.get(k) for k in ("netns", "userns_netns", "tmpfs", "read_cap")):
         ctypes, libc, check = load_libc()
     if job.get("mountns"):
         layer("mountns", lambda: confine_mount_namespace(job, ctypes, libc, check))

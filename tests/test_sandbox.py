@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import secrets
@@ -439,3 +440,12 @@ def test_extract_code():
     assert extract_code("def f():\n    return 3\n") == "def f():\n    return 3\n"
     code = extract_code("Here you go:\n```python\ndef add(a, b):\n    return a + b\n```")
     assert run_program(code, ["assert add(2, 3) == 5"]).status == "passed"
+
+
+def test_activation_baseline_metadata_records_the_isolation(tmp_path):
+    from reasonlab.activations import baseline
+
+    out = baseline.merge_dataset(tmp_path, "m", {"note": 1})
+    meta = json.loads(Path(out["metadata"]).read_text())
+    assert meta["note"] == 1 and meta["sandbox_isolation"] == isolation()
+    assert {"confinement", "read_confined", "pidns", "private_tmp"} <= set(meta["sandbox_isolation"])

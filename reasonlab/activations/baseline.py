@@ -26,7 +26,7 @@ from reasonlab.activations import codegen
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, read_structured, write_json, write_parquet
 from reasonlab.paths import project_root
-from reasonlab.sandbox import extract_code, run_many
+from reasonlab.sandbox import extract_code, isolation, run_many
 
 VERSION = "1"
 TOP_FEATURES_LOCATIONS = ("data/phase2_10/top_20_features.json", "data/phase2_5/top_20_features.json")
@@ -294,7 +294,8 @@ def merge_dataset(run_dir: Path, model_name: str, metadata: dict) -> dict:
                "completion_tokens": int(sum(r["completion_tokens"] for r in rows)),
                "activation_files": int(sum(len(r["activation_files"]) for r in rows))}
     write_json(run_dir / "exclusion_summary.json", {"excluded": list(excluded.values()), "count": len(excluded)})
-    meta = {**metadata, "counts": summary, "pass_rate": summary["pass_rate"], "dataset": dest.name}
+    meta = {**metadata, "counts": summary, "pass_rate": summary["pass_rate"], "dataset": dest.name,
+            "sandbox_isolation": isolation()}  # which sandbox layers were active (confinement, uid, ...)
     write_json(run_dir / "metadata.json", meta)
     return {"dataset": str(dest), "metadata": str(run_dir / "metadata.json"), **summary}
 
