@@ -440,11 +440,15 @@ def sandbox_processes(uid: int | None = None, token: bytes | None = None) -> lis
     return found
 
 
-def _kill_leftovers(pgid: int, uid: int | None, token: bytes, deadline_s: float = 10.0) -> None:
+def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_leftovers(pgid: int, uid: int | None, token: bytes, deadline_s: float = 10.0) -> None:
+    _kill_group(pgid)
     end = time.monotonic() + deadline_s
     while True:
         pids = sandbox_processes(uid=uid, token=None if uid is not None else token)
@@ -591,10 +595,16 @@ def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memo
                                         start_new_session=True, close_fds=True, pass_fds=(rfd,))
         finally:
             os.close(rfd)
+        exited = False
         try:
             exited = _wait_exit(proc, timeout_s)
         finally:
-            _kill_leftovers(proc.pid, uid, token.encode())
+            if exited and not probe and (layers_ok or {}).get("pidns"):
+                # The first process of a pid namespace kills every other one as it exits, before
+                # its parent hears of it: nothing is left to look for (a /proc scan costs ~10 ms).
+                _kill_group(proc.pid)
+            else:
+                _kill_leftovers(proc.pid, uid, token.encode())
             proc.wait()
         duration = time.monotonic() - start
         out, out_cut = _read_capped(out_path, max_output_bytes)
