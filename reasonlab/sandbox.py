@@ -356,9 +356,10 @@ def require_confinement(allow_unconfined_reads: bool = False, confinement: str |
                           "(home directories, tokens, keys) because reads cannot be confined here "
                           f"({iso.get('unavailable')}); {INSTALL_HINT}", RuntimeWarning, stacklevel=3)
         return iso
+    why = "; ".join(f"{k}: {v}" for k, v in iso.get("unavailable", {}).items()) or \
+        f"confinement {iso.get('confinement')!r} was asked for"
     raise ReasonlabError(
-        "sandbox: nothing on this machine can keep generated code from reading the host's files "
-        f"({'; '.join(f'{k}: {v}' for k, v in iso.get('unavailable', {}).items())}). Fix: {INSTALL_HINT}, "
+        f"sandbox: nothing here keeps generated code from reading the host's files ({why}). Fix: {INSTALL_HINT}, "
         "or run as root. To run it anyway, knowingly, pass allow_unconfined_reads=True "
         f"(or set {UNSAFE_ENV}=1).")
 
