@@ -1,10 +1,10 @@
 """Sandbox benchmark: every MBPP reference solution through `reasonlab.sandbox.run_many`.
 
-    python bench/sandbox.py [--mbpp PATH] [--workers N] [--single N] [--timeout S]
+    python bench/sandbox.py [--mbpp PATH] [--workers N] [--single N] [--timeout S] [--confinement MODE]
 
 Runs all problems with `--workers` (default: all cores), then the first `--single` problems with one
 worker, and prints the pass rate, throughput, every reference that did not pass (and why), and
-finally its figures as key=value lines.
+finally its figures as key=value lines, ending with read_confined=, programs_per_s= and pass_rate=.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def jobs_for(rows: list[dict], timeout_s: float) -> list[dict]:
              "timeout_s": timeout_s} for r in rows]
 
 
-def timed(jobs: list[dict], workers: int):
+def timed(jobs: list[dict], workers: int, confinement: str | None = None):
     start = time.perf_counter()
-    results = run_many(jobs, workers=workers)
+    results = run_many(jobs, workers=workers, confinement=confinement)
     return results, time.perf_counter() - start
 
 
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--single", type=int, default=200, help="problems for the 1-worker arm (0: skip)")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--confinement", choices=["bwrap", "mountns", "none"], default=None,
+                    help="force one (default: the best that works here)")
     args = ap.parse_args(argv)
     if not args.mbpp.is_file():
         print(f"error: {args.mbpp}: no such file (pass --mbpp PATH)", file=sys.stderr)
@@ -56,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = load_mbpp(args.mbpp)
     jobs = jobs_for(rows, args.timeout)
-    print(f"sandbox isolation: {isolation()}")
+    iso = isolation(args.confinement)
+    print(f"sandbox isolation: {iso}")
     print(f"MBPP: {len(rows)} problems from {args.mbpp}; workers={args.workers}")
 
-    results, wall = timed(jobs, args.workers)
+    results, wall = timed(jobs, args.workers, args.confinement)
     statuses = Counter(r.status for r in results)
     passed = statuses["passed"]
     rate = len(jobs) / wall
@@ -82,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     single_n = min(args.single, len(jobs))
     single_rate = multi_rate_subset = None
     if single_n:
-        _, single_wall = timed(jobs[:single_n], 1)
-        _, multi_wall = timed(jobs[:single_n], args.workers)
+        _, single_wall = timed(jobs[:single_n], 1, args.confinement)
+        _, multi_wall = timed(jobs[:single_n], args.workers, args.confinement)
         single_rate, multi_rate_subset = single_n / single_wall, single_n / multi_wall
         print(f"\nfirst {single_n}: 1 worker {single_rate:.1f} programs/s | "
               f"{args.workers} workers {multi_rate_subset:.1f} programs/s "
@@ -96,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "failed": statuses["failed"],
         "error": statuses["error"],
         "timeout": statuses["timeout"],
-        "pass_rate": f"{passed / len(jobs):.4f}",
         "workers": args.workers,
         "wall_s": f"{wall:.2f}",
-        "programs_per_s": f"{rate:.1f}",
         "median_program_s": f"{durations[len(durations) // 2]:.4f}",
     }
     if single_n:
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"programs_per_s_{args.workers}_workers_subset": f"{multi_rate_subset:.1f}",
                         "speedup": f"{multi_rate_subset / single_rate:.2f}"})
     figures["failing_task_ids"] = ",".join(str(row["task_id"]) for row, _ in failures) or "none"
+    figures["confinement"] = iso["confinement"]
+    figures["read_confined"] = bool(iso.get("read_confined"))
+    figures["programs_per_s"] = f"{rate:.1f}"
+    figures["pass_rate"] = f"{passed / len(jobs):.4f}"
     for key, value in figures.items():
         print(f"{key}={value}")
     return 0

@@ -1,30 +1,41 @@
-"""The one place generated (untrusted) Python code is run: a fresh, limited, throw-away process.
+"""The one place generated (untrusted) Python code is run: a fresh, confined, throw-away process.
 
 `run_program(code, tests, setup_code)` executes ``code``, then ``setup_code`` (the tests' fixtures:
 MBPP's only two non-empty ``test_setup_code`` build trees of the ``Node`` class the program defines,
 so it must run after the program), then each test statement (an ``assert`` line, as MBPP's
 ``test_list``) one by one, in one ``__main__`` namespace inside a fresh ``python -I -B -S``
-interpreter (the site-packages path is handed over explicitly), in a fresh temporary directory that
-is removed afterwards, and returns a `SandboxResult` (passed / failed / error / timeout).
+interpreter (the site-packages path is handed over explicitly), in a fresh work directory that is
+gone afterwards, and returns a `SandboxResult` (passed / failed / error / timeout).
+
+This module is the policy (which layers, which limits, which files the program may see, how a
+result is judged); `reasonlab/sandbox_child.py` is the mechanics, executed by path in the child.
 
 Containment, in layers (the OS layers hold even against code that bypasses Python, e.g. ctypes):
 
-* Process: own session/process group (``start_new_session``); wall-clock timeout; RLIMIT_CPU,
-  RLIMIT_AS (memory), RLIMIT_FSIZE (every file it writes, its stdout/stderr included), RLIMIT_CORE=0,
-  RLIMIT_NOFILE, RLIMIT_NPROC. After the run (or on timeout) every process it left behind is
-  SIGKILLed: its process group, and then - found through /proc - every process of its private uid
-  (running as root) or carrying its private environment token (otherwise), so a child that escaped
-  the group with setsid() is still found.
-* Identity (when the parent is root): the child drops to a fresh random uid/gid of its own, with no
-  supplementary groups and ``no_new_privs``. RLIMIT_NPROC then counts only this sandbox's tasks (root
-  itself is exempt from RLIMIT_NPROC, so without the drop a fork bomb would not be capped), and file
-  permissions keep it from writing anything it does not own. Where the interpreter lives in a
-  directory closed to other users (e.g. a pyenv under /root) it keeps one capability,
-  CAP_DAC_READ_SEARCH, so it can still read (import) everything - reads are not confined.
-* Network: a fresh network namespace (only a down loopback: nothing is reachable, not even the
-  host's 127.0.0.1) when the kernel allows it - as root, or unprivileged through a user namespace.
-* Disk (root): a private tmpfs of `DISK_MB` is mounted on its work directory in a private mount
-  namespace, so it cannot fill the disk through many files.
+* Files (the confinement): the program sees the interpreter and its libraries read-only, its own
+  work directory (a size-capped tmpfs, `DISK_MB`), private read-only ``/tmp`` and ``/dev/shm``, a
+  minimal ``/dev``, the ``/proc`` of its own pid namespace, and nothing else of the host: no home
+  directories, no other process, no ``/etc`` beyond ``ld.so.cache``. Nothing outside the work
+  directory is writable, whatever route the program takes. Done by bubblewrap (``bwrap``) where it
+  is installed and works, else - as root - by this project's own mount-namespace code (the child
+  builds the same root and ``pivot_root``s into it). Where neither works, running generated code is
+  a `ReasonlabError` saying what to install, unless the caller passes the loudly named opt-out
+  ``allow_unconfined_reads=True`` (or sets ``REASONLAB_UNSAFE_ALLOW_HOST_READS=1``).
+* Namespaces: new pid (leftovers die with it), network (only a down loopback: nothing reachable,
+  not even the host's 127.0.0.1), ipc and uts namespaces.
+* Process: own session/process group; wall-clock timeout; RLIMIT_CPU, RLIMIT_AS (memory),
+  RLIMIT_FSIZE (every file it writes, its stdout/stderr included), RLIMIT_CORE=0, RLIMIT_NOFILE,
+  RLIMIT_NPROC. After the run (or on timeout) every process it left behind is SIGKILLed: its process
+  group, then - found through /proc - every process of its private uid (as root) or carrying its
+  private environment token (otherwise).
+* Identity (when the parent is root): the child drops to a fresh random uid/gid with no groups, no
+  capabilities (bounding set emptied) and ``no_new_privs``; RLIMIT_NPROC then counts only this
+  sandbox's tasks (root itself is exempt from RLIMIT_NPROC, so without the drop a fork bomb would not
+  be capped). As root, bubblewrap runs without a user namespace (it would map only root, and the
+  drop to the private uid would be impossible).
+* Environment: built from nothing (no inherited variable; PATH, HOME=TMPDIR=work dir, C.UTF-8, one
+  thread for BLAS, the run's token). The stdout and stderr kept in a result are capped at
+  ``max_output_bytes`` each (default 64 KiB).
 * In-process: an audit hook (``sys.addaudithook``) installed before the user code refuses - and
   records - writes / deletes / renames / chmods outside the work directory, socket creation and
   connects, subprocess / fork / exec / os.system, signals to other processes, and rlimit changes.
@@ -37,7 +48,8 @@ before the tests, a crash, a kill - is an "error", never "passed". Code running 
 interpreter could in principle find the nonce by introspection; the record is robust against
 accident and naive forgery, not against a program written to attack this runner.
 
-Which layers are active here: `isolation()`. This module does not import Prefect.
+Which layers are active here - as seen from inside the child, not assumed: `isolation()`.
+This module does not import Prefect.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,12 +78,22 @@ from typing import Any
 from reasonlab.errors import ReasonlabError
 
 MAX_TASKS = 64  # RLIMIT_NPROC budget of one sandbox (threads count as tasks)
-DISK_MB = 256  # size of the private tmpfs work directory (root only)
+DISK_MB = 256  # size of the private tmpfs work directory
+PRIVATE_TMP_BYTES = 1 << 20  # the private, read-only /tmp and /dev/shm (mount points only)
 MAX_OPEN_FILES = 256
 MAX_MESSAGE_CHARS = 2000
 MAX_RECORD_BYTES = 1 << 20
 _MIN_FILE_BYTES = 16 << 20  # RLIMIT_FSIZE floor: stdout beyond max_output_bytes is cut here
 _STATUSES = ("passed", "failed", "error", "timeout")
+CHILD = Path(__file__).resolve().with_name("sandbox_child.py")
+CONFINEMENTS = ("bwrap", "mountns", "none")  # best first; "none": files not confined (opt-out only)
+UNSAFE_ENV = "REASONLAB_UNSAFE_ALLOW_HOST_READS"  # =1: run generated code even where reads are not confined
+CONFINEMENT_ENV = "REASONLAB_SANDBOX_CONFINEMENT"  # force one of CONFINEMENTS (default: the best that works)
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`, Fedora: "
+                "`dnf install bubblewrap`; `make test` does it when run as root on Debian)")
+# System library directories the interpreter may load from (those present are bound read-only).
+_SYSTEM_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32",
+                    "/usr/libx32", "/usr/local/lib", "/usr/share/zoneinfo", "/etc/ld.so.cache")
 
 
 @dataclasses.dataclass
@@ -97,272 +120,12 @@ class SandboxResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# The runner: trusted code executed by the child interpreter before (and around) the user's code.
+# What the child may see: one root plan, carried out by bubblewrap or by the child's own code.
 # --------------------------------------------------------------------------------------------------
 
-_RUNNER = r'''
-import sys, os, marshal, resource, _signal
-
-def _runner():
-    job_path = sys.argv[1]
-    runner_file = __file__
-    with open(job_path, "rb") as f:
-        job = marshal.loads(f.read())
-    os.unlink(job_path)
-    nonce, rfd, work = job["nonce"], job["result_fd"], job["workdir"]
-    write, getpid, to_repr = os.write, os.getpid, repr
-    maxmsg = job["max_message"]
-    sys.path[:] = job["sys_path"]
-
-    def emit(rec):  # one line per record: the repr of a dict of plain values (parent: literal_eval)
-        rec["n"] = nonce
-        data = to_repr(rec).encode("utf-8", "backslashreplace") + b"\n"
-        while data:
-            data = data[write(rfd, data):]
-
-    def short(text):
-        text = str(text)
-        return text if len(text) <= maxmsg else text[:maxmsg] + "...[truncated]"
-
-    # ---- OS layers, as the parent asked; in strict mode a requested layer that fails aborts ----
-    iso = {}
-    want = job["layers"]
-
-    def layer(name, fn):
-        try:
-            fn()
-            iso[name] = True
-        except Exception as e:
-            iso[name] = False
-            if job["strict"]:
-                emit({"event": "done", "status": "error", "error_type": "SandboxSetupError",
-                      "error_message": "%s: %s: %s" % (name, type(e).__name__, e), "isolation": iso})
-                os._exit(3)
-
-    libc = None
-    if want:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-
-        def check(rc, what):
-            if rc != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, "%s: %s" % (what, os.strerror(err)))
-
-    CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
-    if want.get("netns"):
-        layer("netns", lambda: check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)"))
-    if want.get("userns_netns"):
-        layer("userns_netns", lambda: check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNET),
-                                            "unshare(CLONE_NEWUSER|CLONE_NEWNET)"))
-    if want.get("tmpfs"):
-        def tmpfs():
-            MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
-            check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount(/, private)")
-            opts = "size=%dm,mode=0700" % want["tmpfs"]
-            if want.get("uid") is not None:
-                opts += ",uid=%d,gid=%d" % (want["uid"], want["uid"])
-            check(libc.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()),
-                  "mount(tmpfs)")
-        layer("tmpfs", tmpfs)
-
-    lim = job["limits"]
-    for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", lim["cpu"]), ("RLIMIT_AS", lim["as"]),
-                        ("RLIMIT_FSIZE", lim["fsize"]), ("RLIMIT_NOFILE", lim["nofile"]),
-                        ("RLIMIT_NPROC", lim["nproc"])):
-        what = getattr(resource, name)
-        soft, hard = resource.getrlimit(what)
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        # CPU: SIGXCPU at the soft limit, SIGKILL one second later.
-        resource.setrlimit(what, (value, value + 1 if name == "RLIMIT_CPU" else value))
-
-    if want.get("uid") is not None:
-        def drop():
-            uid, keep = want["uid"], want.get("read_cap")
-            if keep:  # the interpreter lives where the new uid may not look (e.g. under /root)
-                check(libc.prctl(8, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            if os.getuid() != uid or os.geteuid() != uid:
-                raise OSError("uid drop did not stick")
-            if keep:  # keep only CAP_DAC_READ_SEARCH: read anywhere, write only what the uid may
-                class Header(ctypes.Structure):
-                    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-                class Data(ctypes.Structure):
-                    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                                ("inheritable", ctypes.c_uint32)]
-                data = (Data * 2)()
-                data[0].effective = data[0].permitted = 1 << 2
-                check(libc.capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
-                check(libc.prctl(8, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
-                iso["read_cap"] = True
-        layer("uid", drop)
-    if libc is not None:
-        iso["no_new_privs"] = libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-
-    os.chdir(work)
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # an over-long write fails (EFBIG), no kill
-    sys.dont_write_bytecode = True
-    import builtins, _sitebuiltins  # what `site` would add (the interpreter runs with -S)
-    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-
-    # ---- the audit hook ----
-    realpath, fspath, fsdecode, readlink, isabs, join = (
-        os.path.realpath, os.fspath, os.fsdecode, os.readlink, os.path.isabs, os.path.join)
-    root = realpath(work)
-    root_prefix = root + os.sep
-    allowed = {"/dev/null"}
-    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-    violations = []
-    busy = [False]
-    my_pid = getpid()
-
-    def inside(path, dir_fd=None):
-        if path is None or isinstance(path, int):
-            return True  # an already-open descriptor
-        try:
-            p = fspath(path)
-            if isinstance(p, bytes):
-                p = fsdecode(p)
-            if isinstance(dir_fd, int) and dir_fd >= 0 and not isabs(p):  # -1: no dir_fd
-                p = join(readlink("/proc/self/fd/%d" % dir_fd), p)
-            p = realpath(p)
-        except Exception:
-            return False
-        return p == root or p.startswith(root_prefix) or p in allowed
-
-    # event -> ((path arg index, dir_fd arg index or None), ...) that must stay inside the work dir
-    PATH_EVENTS = {
-        "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),),
-        "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),),
-        "os.truncate": ((0, None),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
-        "os.utime": ((0, 3),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-        "os.chflags": ((0, None),), "os.lchflags": ((0, None),),
-        "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)),
-        "shutil.copyfile": ((1, None),), "shutil.copytree": ((1, None),),
-        "shutil.copymode": ((1, None),), "shutil.copystat": ((1, None),),
-        "shutil.chown": ((0, None),), "shutil.make_archive": ((0, None),),
-        "shutil.unpack_archive": ((1, None),),
-    }
-    DENY = {
-        "os.fork": "fork", "os.forkpty": "fork", "os.exec": "exec", "os.posix_spawn": "spawn",
-        "os.system": "os.system", "subprocess.Popen": "subprocess", "pty.spawn": "pty.spawn",
-        "os.killpg": "signalling a process group",
-        "resource.setrlimit": "changing resource limits", "resource.prlimit": "changing resource limits",
-        "socket.__new__": "network", "socket.bind": "network", "socket.connect": "network",
-        "socket.sendto": "network", "socket.sendmsg": "network", "socket.getaddrinfo": "network",
-        "socket.gethostbyname": "network", "socket.gethostbyaddr": "network",
-        "socket.getnameinfo": "network", "socket.sethostname": "network",
-        "urllib.Request": "network", "http.client.connect": "network", "ftplib.connect": "network",
-        "smtplib.connect": "network", "poplib.connect": "network", "imaplib.open": "network",
-        "nntplib.connect": "network", "telnetlib.Telnet.open": "network", "webbrowser.open": "network",
-    }
-    WATCHED = frozenset(PATH_EVENTS) | frozenset(DENY) | {"open", "os.kill"}
-
-    def refuse(what):
-        violations.append(what)
-        if len(violations) <= 20:
-            try:
-                emit({"event": "violation", "what": what})
-            except Exception:
-                pass
-        raise PermissionError("sandbox: %s is not allowed" % what)
-
-    def hook(event, args):
-        if event not in WATCHED or busy[0]:
-            return
-        busy[0] = True
-        try:
-            if event == "open":
-                path, mode, flags = args
-                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                    isinstance(flags, int) and flags & WRITE_FLAGS)
-                if writing and not inside(path):
-                    refuse("writing %r outside the sandbox directory" % (path,))
-            elif event in PATH_EVENTS:
-                for i, d in PATH_EVENTS[event]:
-                    if i < len(args) and not inside(args[i], args[d] if d is not None and d < len(args) else None):
-                        refuse("%s(%r) outside the sandbox directory" % (event, args[i]))
-            elif event == "os.kill":
-                if args[0] not in (0, my_pid, getpid()):
-                    refuse("os.kill(%r)" % (args[0],))
-            else:
-                refuse("%s (%s)" % (DENY[event], event))
-        finally:
-            busy[0] = False
-
-    # ---- the program, then the test setup, then each test, in one fresh __main__ ----
-    main = type(sys)("__main__")
-    main.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = main
-    ns = main.__dict__
-    tests = job["tests"]
-    done = {"event": "done", "status": "passed", "tests_passed": 0, "isolation": iso}
-    emit({"event": "start", "isolation": iso})
-    sys.addaudithook(hook)
-
-    phase, current = "code", None
-    try:
-        exec(compile(job["code"], "<program>", "exec"), ns)
-        phase = "setup"
-        if job["setup_code"]:
-            exec(compile(job["setup_code"], "<setup>", "exec"), ns)
-        phase = "test"
-        for i, test in enumerate(tests):
-            current = i
-            emit({"event": "test", "index": i})
-            exec(compile(test, "<test %d>" % i, "exec"), ns)
-            done["tests_passed"] = i + 1
-        current = None
-    except BaseException as e:
-        try:
-            failed = phase == "test" and isinstance(e, AssertionError)
-            done["status"] = "failed" if failed else "error"
-            done["phase"] = phase
-            done["failed_test_index"] = current
-            done["error_type"] = type(e).__name__
-            try:
-                done["error_message"] = short(e)
-            except BaseException:
-                done["error_message"] = "<unprintable %s>" % type(e).__name__
-            try:  # the user's frames only (the last 30: recursion can be 10**6 deep), with source
-                import traceback, linecache, collections
-                sources = [("<setup>", job["setup_code"]), ("<program>", job["code"])]
-                sources += [("<test %d>" % i, t) for i, t in enumerate(tests)]
-                for name, text in sources:
-                    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-                last = collections.deque(traceback.walk_tb(e.__traceback__), maxlen=30)
-                frames = [f for f in traceback.StackSummary.extract(last) if f.filename != runner_file]
-                text = "".join(["Traceback (most recent call last):\n"] + traceback.format_list(frames)
-                               + traceback.format_exception_only(type(e), e))
-                done["traceback"] = text if len(text) <= maxmsg else "..." + text[-maxmsg:]
-            except BaseException:
-                pass
-        except BaseException:
-            done = {"event": "done", "status": "error", "error_type": "MemoryError",
-                    "error_message": "could not format the exception", "isolation": iso}
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    done["violations"] = violations[:100]
-    emit(done)
-    os._exit(0)
-
-_runner()
-'''
-
-
-# --------------------------------------------------------------------------------------------------
-# The parent side.
-# --------------------------------------------------------------------------------------------------
-
-_ISOLATION: dict[str, Any] | None = None
-_ISOLATION_LOCK = threading.Lock()
+_SYS_PATH: list[str] | None = None
+_READ_CAP: bool | None = None
+_BASE_PLAN: list[tuple] | None = None
 
 
 def _pick_uid() -> int | None:
@@ -380,23 +143,20 @@ def _pick_uid() -> int | None:
     return None
 
 
-_READ_CAP: bool | None = None
-_SYS_PATH: list[str] | None = None
-
-
 def _child_sys_path() -> list[str]:
     """The import path a plain `python -I` has here (site-packages included); the sandbox
     interpreter runs with -S (no site: 3x faster start) and is given this path instead."""
     global _SYS_PATH
     if _SYS_PATH is None:
         out = subprocess.run([sys.executable, "-I", "-c", "import sys; print(repr(sys.path))"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout
+                             capture_output=True, text=True, check=True, timeout=60, env={}).stdout
         _SYS_PATH = [p for p in ast.literal_eval(out.strip()) if isinstance(p, str) and p]
     return _SYS_PATH
 
 
 def _needs_read_cap() -> bool:
-    """True if some directory the interpreter imports from is closed to other users (e.g. /root)."""
+    """True if some directory the interpreter imports from is closed to other users (e.g. /root).
+    Only the unconfined mode needs it: a confined child sees the interpreter through open binds."""
     global _READ_CAP
     if _READ_CAP is None:
         paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
@@ -419,45 +179,216 @@ def _needs_read_cap() -> bool:
     return _READ_CAP
 
 
-def _requested_layers(probe: bool) -> dict[str, Any]:
-    iso = isolation() if not probe else None
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _base_plan() -> list[tuple]:
+    """The read-only part of the child's root: the interpreter's prefixes (venv and base install),
+    the system library directories, ld.so.cache and the child program - nothing else of the host.
+
+    Entries: ("dir", path, mode) | ("ro-bind", path, source) | ("symlink", path, target), in order.
+    """
+    global _BASE_PLAN
+    if _BASE_PLAN is not None:
+        return _BASE_PLAN
+    wanted: dict[str, str] = {}  # destination -> source
+    links: dict[str, str] = {}
+    for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}:
+        p = os.path.abspath(p)
+        for dest in {p, os.path.realpath(p)}:
+            wanted[dest] = os.path.realpath(p)
+    if "/" in wanted:
+        raise ReasonlabError("sandbox: the interpreter's prefix is / - nothing could be hidden from the program")
+    for p in _SYSTEM_LIB_DIRS:
+        if os.path.islink(p) and os.path.dirname(p) == "/":  # merged /usr: /lib -> usr/lib
+            links[p] = os.readlink(p)
+        elif os.path.exists(p):
+            wanted[p] = os.path.realpath(p)
+    if not _under(str(CHILD), list(wanted)):
+        wanted[str(CHILD)] = str(CHILD)
+    dests = sorted(wanted, key=lambda d: (d.count("/"), d))
+    kept: list[str] = []
+    for d in dests:  # a destination inside another one is already there
+        if not _under(d, kept):
+            kept.append(d)
+    plan: list[tuple] = []
+    made: set[str] = set()
+    for d in sorted(kept):
+        parts = d.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            anc = "/" + "/".join(parts[:i])
+            if anc not in made and anc not in links:
+                made.add(anc)
+                plan.append(("dir", anc, 0o711))  # traversable, not listable
+        plan.append(("ro-bind", d, wanted[d]))
+    plan += [("symlink", p, t) for p, t in sorted(links.items())]
+    _BASE_PLAN = plan
+    return plan
+
+
+def _root_plan(work: str) -> list[tuple]:
+    """The whole root of one run: `_base_plan` + /proc, /dev, private read-only /tmp and /dev/shm,
+    and the writable, size-capped work directory."""
+    base = _base_plan()
+    made = {e[1] for e in base} | {"/tmp"}
+    parts = work.strip("/").split("/")[:-1]
+    ancestors = ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return base + [
+        ("proc", "/proc"), ("dev", "/dev"),
+        ("tmpfs", "/dev/shm", PRIVATE_TMP_BYTES, 0o755), ("remount-ro", "/dev/shm"), ("remount-ro", "/dev"),
+        ("tmpfs", "/tmp", PRIVATE_TMP_BYTES, 0o755),
+        *[("dir", a, 0o711) for a in ancestors if a not in made],
+        ("tmpfs", work, DISK_MB << 20, 0o700), ("remount-ro", "/tmp"),
+    ]
+
+
+def _bwrap_argv(bwrap: str, plan: list[tuple], env: dict[str, str], work: str, as_root: bool,
+                drop_uid: bool) -> list[str]:
+    argv = [bwrap]
+    if as_root:  # no user namespace: it would map only root, and the drop to the private uid would fail
+        argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                 "--cap-drop", "ALL"]
+        if drop_uid:  # what the child needs to chown its work dir and drop to its uid; gone after that
+            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_SETPCAP"):
+                argv += ["--cap-add", cap]
+    else:
+        argv += ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    # --as-pid-1: the child is the new pid namespace's first process (no extra reaper to start and
+    # wake: each hop costs on a busy machine); when it exits, the kernel kills all it left behind.
+    argv += ["--as-pid-1", "--die-with-parent", "--new-session"]
+    for entry in plan:
+        op, path = entry[0], entry[1]
+        if op == "dir":
+            argv += ["--perms", f"{entry[2]:04o}", "--dir", path]
+        elif op == "ro-bind":
+            argv += ["--ro-bind", entry[2], path]
+        elif op == "symlink":
+            argv += ["--symlink", entry[2], path]
+        elif op == "tmpfs":
+            argv += ["--perms", f"{entry[3]:04o}", "--size", str(entry[2]), "--tmpfs", path]
+        elif op in ("proc", "dev", "remount-ro"):
+            argv += [f"--{op}", path]
+        else:
+            raise ReasonlabError(f"sandbox: unknown root-plan entry {op!r}")
+    argv += ["--clearenv"]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", work, "--"]
+    return argv
+
+
+# --------------------------------------------------------------------------------------------------
+# Which confinement this machine gives, probed once per process by real runs.
+# --------------------------------------------------------------------------------------------------
+
+_ISOLATION: dict[str, dict[str, Any]] = {}
+_ISOLATION_LOCK = threading.Lock()
+_WARNED_UNCONFINED = False
+
+
+def _candidates(confinement: str | None) -> list[str]:
+    forced = confinement or os.environ.get(CONFINEMENT_ENV) or None
+    if forced is not None:
+        if forced not in CONFINEMENTS:
+            raise ReasonlabError(f"sandbox: confinement {forced!r} is not one of {CONFINEMENTS}")
+        return [forced]
+    return list(CONFINEMENTS)
+
+
+def _why_unavailable(mode: str) -> str | None:
+    if mode == "bwrap" and not shutil.which("bwrap"):
+        return "bwrap is not installed"
+    if mode == "mountns" and os.geteuid() != 0:
+        return "the project's own mount-namespace confinement needs root"
+    return None
+
+
+def isolation(confinement: str | None = None) -> dict[str, Any]:
+    """Which layers this machine gives the sandbox: probed once per process by a real run of each
+    confinement in turn (best first), as reported from inside the child.
+
+    Keys: ``confinement`` ("bwrap" | "mountns" | "none"), ``read_confined`` (the host's files are out
+    of sight: checked with a canary file), ``pidns`` (the parent's pid is not visible),
+    ``private_tmp`` (its /tmp is not the host's, and read-only), ``no_network`` (only a loopback),
+    ``uid`` (private uid: NPROC caps forks), ``capabilities`` (effective mask: 0),
+    ``no_new_privs``, ``unavailable`` (why a better confinement was not used); in the unconfined
+    mode also the older layers: ``netns`` / ``userns_netns``, ``tmpfs``, ``read_cap`` (the uid keeps
+    CAP_DAC_READ_SEARCH because the interpreter is in a closed directory).
+    ``confinement`` forces one mode (default: ``$REASONLAB_SANDBOX_CONFINEMENT`` or the best).
+    """
+    key = confinement or os.environ.get(CONFINEMENT_ENV) or "best"
+    with _ISOLATION_LOCK:
+        if key not in _ISOLATION:
+            unavailable: dict[str, str] = {}
+            for mode in _candidates(confinement):
+                why = _why_unavailable(mode)
+                if why is None:
+                    res, iso = _run(code="", tests=[], setup_code="", timeout_s=30, memory_mb=512,
+                                    max_output_bytes=4096, probe=True, mode=mode, layers_ok=None)
+                    if res.status != "passed" or iso is None:
+                        why = (f"self-test failed: {res.error_type}: {res.error_message} "
+                               f"(stderr: {res.stderr.strip()[-300:]})")
+                    elif mode != "none" and not iso.get("read_confined"):
+                        why = f"self-test ran but the host's files were still visible ({iso})"
+                if why is None:
+                    _ISOLATION[key] = {**iso, "unavailable": unavailable}
+                    break
+                unavailable[mode] = why
+            else:
+                raise ReasonlabError(f"sandbox: no confinement works here: {unavailable}")
+        return dict(_ISOLATION[key])
+
+
+def require_confinement(allow_unconfined_reads: bool = False, confinement: str | None = None) -> dict[str, Any]:
+    """`isolation()`, or a `ReasonlabError` saying what to install when nothing here keeps generated
+    code from reading the host's files - unless ``allow_unconfined_reads`` (or
+    ``$REASONLAB_UNSAFE_ALLOW_HOST_READS=1``) says to go on regardless, which warns loudly."""
+    global _WARNED_UNCONFINED
+    iso = isolation(confinement)
+    if iso.get("read_confined"):
+        return iso
+    if allow_unconfined_reads or os.environ.get(UNSAFE_ENV) == "1":
+        if not _WARNED_UNCONFINED:
+            _WARNED_UNCONFINED = True
+            warnings.warn("sandbox: UNSAFE: generated code runs with READ ACCESS TO THE HOST'S FILES "
+                          "(home directories, tokens, keys) because reads cannot be confined here "
+                          f"({iso.get('unavailable')}); {INSTALL_HINT}", RuntimeWarning, stacklevel=3)
+        return iso
+    why = "; ".join(f"{k}: {v}" for k, v in iso.get("unavailable", {}).items()) or \
+        f"confinement {iso.get('confinement')!r} was asked for"
+    raise ReasonlabError(
+        f"sandbox: nothing here keeps generated code from reading the host's files ({why}). Fix: {INSTALL_HINT}, "
+        "or run as root. To run it anyway, knowingly, pass allow_unconfined_reads=True "
+        f"(or set {UNSAFE_ENV}=1).")
+
+
+def _layers(mode: str, probe: bool, layers_ok: dict | None) -> dict[str, Any]:
+    """What the child is asked to do. Outside a probe, the unconfined mode asks only for the layers
+    its probe saw working."""
     root = os.geteuid() == 0
+    ok = (lambda name: True) if probe or layers_ok is None else (lambda name: bool(layers_ok.get(name)))
     want: dict[str, Any] = {}
-    if root:
-        if probe or iso.get("uid"):
-            want["uid"] = _pick_uid()
-            want["read_cap"] = _needs_read_cap()
-        if probe or iso.get("netns"):
+    uid = _pick_uid() if root else None
+    if mode in ("bwrap", "mountns"):
+        if uid is not None and ok("uid"):
+            want.update(uid=uid, chown_work=True)
+    elif root:
+        if uid is not None and ok("uid"):
+            want.update(uid=uid, read_cap=_needs_read_cap())
+        if ok("netns"):
             want["netns"] = True
-        if probe or iso.get("tmpfs"):
+        if ok("tmpfs"):
             want["tmpfs"] = DISK_MB
-    elif probe or iso.get("userns_netns"):
+    elif ok("userns_netns"):
         want["userns_netns"] = True
-    if want.get("uid") is None:
-        want.pop("uid", None)
     return want
 
 
-def isolation() -> dict[str, Any]:
-    """Which OS layers this machine gives the sandbox (probed once per process by a real run).
-
-    Keys: ``uid`` (private uid: NPROC caps forks, file permissions), ``read_cap`` (that uid keeps
-    CAP_DAC_READ_SEARCH because the interpreter is in a closed directory), ``netns`` /
-    ``userns_netns`` (no network at all), ``tmpfs`` (private size-capped work dir), ``no_new_privs``.
-    Not root and no user namespaces: only the rlimits, the process-group/token cleanup and the
-    in-process audit hook remain.
-    """
-    global _ISOLATION
-    with _ISOLATION_LOCK:
-        if _ISOLATION is None:
-            res, iso = _run(code="", tests=[], setup_code="", timeout_s=30, memory_mb=512,
-                            max_output_bytes=4096, probe=True)
-            if res.status != "passed" or iso is None:
-                raise ReasonlabError(f"sandbox self-test failed: {res.error_type}: {res.error_message} "
-                                     f"(stderr: {res.stderr.strip()[-500:]})")
-            _ISOLATION = dict(iso)
-        return dict(_ISOLATION)
-
+# --------------------------------------------------------------------------------------------------
+# Cleaning up after a run.
+# --------------------------------------------------------------------------------------------------
 
 def _proc_status(pid: str) -> tuple[int, str] | None:
     """(real uid, state letter) of a live process, or None."""
@@ -510,11 +441,15 @@ def sandbox_processes(uid: int | None = None, token: bytes | None = None) -> lis
     return found
 
 
-def _kill_leftovers(pgid: int, uid: int | None, token: bytes, deadline_s: float = 10.0) -> None:
+def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_leftovers(pgid: int, uid: int | None, token: bytes, deadline_s: float = 10.0) -> None:
+    _kill_group(pgid)
     end = time.monotonic() + deadline_s
     while True:
         pids = sandbox_processes(uid=uid, token=None if uid is not None else token)
@@ -588,8 +523,10 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
+
 def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memory_mb: int,
-         max_output_bytes: int, probe: bool = False) -> tuple[SandboxResult, dict | None]:
+         max_output_bytes: int, probe: bool = False, mode: str | None = None,
+         layers_ok: dict | None = None) -> tuple[SandboxResult, dict | None]:
     if not isinstance(code, str) or not isinstance(setup_code, str):
         raise ReasonlabError("sandbox: code and setup_code must be strings")
     if isinstance(tests, str) or not all(isinstance(t, str) for t in tests):
@@ -597,7 +534,8 @@ def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memo
     if not timeout_s > 0 or memory_mb < 32 or max_output_bytes < 0:
         raise ReasonlabError(f"sandbox: bad limits timeout_s={timeout_s} memory_mb={memory_mb} "
                              f"max_output_bytes={max_output_bytes}")
-    want = _requested_layers(probe)
+    as_root = os.geteuid() == 0
+    want = _layers(mode, probe, layers_ok)
     uid = want.get("uid")
     nonce = secrets.token_hex(16)
     token = f"rlsb-{secrets.token_hex(12)}"
@@ -605,45 +543,69 @@ def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memo
     try:
         work = base / "work"
         work.mkdir(mode=0o700)
-        if uid is not None:
+        canary = base / "canary"  # visible from the child only if the host's files are
+        canary.touch()
+        if uid is not None and mode == "none":
             os.chmod(base, 0o711)
             os.chown(work, uid, uid)
-        if os.geteuid() == 0:  # with the private uid, NPROC counts only this sandbox's tasks
+        if as_root:  # with the private uid, NPROC counts only this sandbox's tasks
             nproc = MAX_TASKS
         else:  # RLIMIT_NPROC is per real uid: leave room for what this user already runs
             nproc = _count_user_tasks(os.getuid()) + MAX_TASKS
         limits = {"cpu": max(1, math.ceil(timeout_s)) + 1, "as": int(memory_mb) << 20,
                   "fsize": max(_MIN_FILE_BYTES, 2 * max_output_bytes + 4096),
                   "nofile": MAX_OPEN_FILES, "nproc": nproc}
+        host_tmp = os.stat("/tmp")
+        sys_path = _child_sys_path()
+        plan = _root_plan(str(work)) if mode in ("bwrap", "mountns") else None
+        if plan is not None:  # only what the child can import from
+            binds = [e[1] for e in plan if e[0] == "ro-bind"]
+            sys_path = [p for p in sys_path if _under(p, binds)]
         job = {"nonce": nonce, "workdir": str(work), "layers": want, "strict": not probe,
-               "limits": limits, "code": code, "setup_code": setup_code, "tests": list(tests),
-               "max_message": MAX_MESSAGE_CHARS, "sys_path": _child_sys_path()}
+               "confinement": mode, "limits": limits, "code": code, "setup_code": setup_code,
+               "tests": list(tests), "max_message": MAX_MESSAGE_CHARS, "sys_path": sys_path,
+               "observe": {"canary": str(canary), "parent_pid": os.getpid(),
+                           "host_tmp": [host_tmp.st_dev, host_tmp.st_ino]}}
+        if mode == "mountns":
+            newroot = base / "root"
+            newroot.mkdir(mode=0o700)
+            job["mountns"] = {"newroot": str(newroot), "entries": plan}
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "USER": "sandbox", "LOGNAME": "sandbox",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONHASHSEED": "0", "REASONLAB_SANDBOX": token}
-        out_path, err_path, res_path = base / "stdout", base / "stderr", base / "result"
+        argv = [sys.executable, "-I", "-B", "-S", str(CHILD)]
+        if mode == "bwrap":
+            argv = _bwrap_argv(shutil.which("bwrap") or "bwrap", plan, env, str(work), as_root,
+                               drop_uid=uid is not None) + argv
+            popen_env = {"REASONLAB_SANDBOX": token}  # bwrap's own (it clears it for the child)
+        else:
+            popen_env = env
+        out_path, err_path, res_path, job_path = base / "stdout", base / "stderr", base / "result", base / "job"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         rfd = os.open(res_path, flags | os.O_APPEND, 0o600)
         try:
             job["result_fd"] = rfd
-            job_path, runner_path = base / "job.marshal", base / "sandbox_runner.py"
-            runner_path.write_text(_RUNNER, encoding="utf-8")
             fd = os.open(job_path, flags, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(marshal.dumps(job))
-            with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+            with open(job_path, "rb") as job_f, open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+                os.unlink(job_path)
                 start = time.monotonic()
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-S", str(runner_path), str(job_path)],
-                    stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, cwd=work, env=env,
-                    start_new_session=True, close_fds=True, pass_fds=(rfd,))
+                proc = subprocess.Popen(argv, stdin=job_f, stdout=out_f, stderr=err_f, cwd=work, env=popen_env,
+                                        start_new_session=True, close_fds=True, pass_fds=(rfd,))
         finally:
             os.close(rfd)
+        exited = False
         try:
             exited = _wait_exit(proc, timeout_s)
         finally:
-            _kill_leftovers(proc.pid, uid, token.encode())
+            if exited and not probe and (layers_ok or {}).get("pidns"):
+                # The first process of a pid namespace kills every other one as it exits, before
+                # its parent hears of it: nothing is left to look for (a /proc scan costs ~10 ms).
+                _kill_group(proc.pid)
+            else:
+                _kill_leftovers(proc.pid, uid, token.encode())
             proc.wait()
         duration = time.monotonic() - start
         out, out_cut = _read_capped(out_path, max_output_bytes)
@@ -665,11 +627,12 @@ def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memo
     violations = [str(r.get("what")) for r in records if r.get("event") == "violation"]
     last_test = next((r.get("index") for r in reversed(records) if r.get("event") == "test"), None)
 
+    rc = proc.returncode
+    if mode == "bwrap" and done is None and rc is not None and 128 < rc < 128 + 65 and started is not None:
+        rc = -(rc - 128)  # bwrap reports a child killed by signal N as exit code 128 + N
     res = SandboxResult(status="error", stdout=out.decode("utf-8", "replace"),
                         stderr=err.decode("utf-8", "replace"), duration_s=round(duration, 4),
-                        returncode=proc.returncode, output_truncated=out_cut or err_cut,
-                        violations=violations)
-    rc = proc.returncode
+                        returncode=rc, output_truncated=out_cut or err_cut, violations=violations)
     if not exited:
         res.status, res.error_type = "timeout", "Timeout"
         res.error_message = f"no result within the {timeout_s:g} s wall-clock limit"
@@ -711,21 +674,27 @@ def _run(*, code: str, tests: list[str], setup_code: str, timeout_s: float, memo
 
 
 def run_program(code: str, tests: list[str], setup_code: str = "", timeout_s: float = 10,
-                memory_mb: int = 512, max_output_bytes: int = 65536) -> SandboxResult:
-    """Run ``code``, then ``setup_code``, then each test statement, in a fresh limited process.
+                memory_mb: int = 512, max_output_bytes: int = 65536, *,
+                allow_unconfined_reads: bool = False, confinement: str | None = None) -> SandboxResult:
+    """Run ``code``, then ``setup_code``, then each test statement, in a fresh confined process.
 
     "passed": every test ran; "failed": a test's assert failed (`failed_test` names it);
     "error": an exception, a crash (`error_type` is the signal name), no final report, or a refused
-    sandbox violation; "timeout": the wall-clock or CPU limit was reached.
+    sandbox violation; "timeout": the wall-clock or CPU limit was reached. stdout and stderr are
+    kept up to ``max_output_bytes`` each. Raises `ReasonlabError` when the host's files cannot be
+    hidden from the program here, unless ``allow_unconfined_reads`` (see `require_confinement`).
     """
+    iso = require_confinement(allow_unconfined_reads, confinement)
     return _run(code=code, tests=list(tests), setup_code=setup_code, timeout_s=timeout_s,
-                memory_mb=memory_mb, max_output_bytes=max_output_bytes)[0]
+                memory_mb=memory_mb, max_output_bytes=max_output_bytes, mode=iso["confinement"],
+                layers_ok=iso)[0]
 
 
 _JOB_KEYS = {"code", "tests", "setup_code", "timeout_s", "memory_mb", "max_output_bytes"}
 
 
-def run_many(jobs: list[dict], workers: int | None = None) -> list[SandboxResult]:
+def run_many(jobs: list[dict], workers: int | None = None, *, allow_unconfined_reads: bool = False,
+             confinement: str | None = None) -> list[SandboxResult]:
     """`run_program(**job)` for each job, `workers` at a time (default: all cores); order preserved."""
     for i, job in enumerate(jobs):
         unknown = set(job) - _JOB_KEYS
@@ -733,11 +702,15 @@ def run_many(jobs: list[dict], workers: int | None = None) -> list[SandboxResult
             raise ReasonlabError(f"sandbox job {i}: needs code and tests; unknown keys {sorted(unknown)} "
                                  f"(allowed: {sorted(_JOB_KEYS)})")
     workers = max(1, workers or os.cpu_count() or 1)
-    isolation()  # probe once, before the threads race for it
+    require_confinement(allow_unconfined_reads, confinement)  # probe once, before the threads race for it
+
+    def one(job: dict) -> SandboxResult:
+        return run_program(**job, allow_unconfined_reads=allow_unconfined_reads, confinement=confinement)
+
     if workers == 1 or len(jobs) <= 1:
-        return [run_program(**job) for job in jobs]
+        return [one(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda job: run_program(**job), jobs))
+        return list(pool.map(one, jobs))
 
 
 _PY_FENCE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)

@@ -39,7 +39,7 @@ from reasonlab.activations import codegen
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, read_structured, write_json, write_parquet
 from reasonlab.paths import project_root
-from reasonlab.sandbox import extract_code, run_many
+from reasonlab.sandbox import extract_code, isolation, run_many
 
 VERSION = "2"  # 2: the seed's file names, measured batch timing, time-limit column, exact checkpoints, memory
 TOP_FEATURES_LOCATIONS = ("data/phase2_10/top_20_features.json", "data/phase2_5/top_20_features.json")
@@ -505,7 +505,8 @@ def run_metadata(base: dict, ranges: list[dict], summary: dict, dataset: str, ex
     """Every key of metadata.json is set here: `base` (the model, layers, split, generation settings, versions,
     given by the caller), every range merged into the run directory, and counts read from the dataset itself."""
     return {**base, "dataset": dataset, "ranges": ranges, "counts": {**summary, "excluded": excluded},
-            "pass_rate": summary["pass_rate"], "merged": _now()}
+            "pass_rate": summary["pass_rate"], "merged": _now(),
+            "sandbox_isolation": isolation()}  # which sandbox layers were active (confinement, uid, ...)
 
 
 def merge_dataset(run_dir: Path, variant: str, metadata: dict) -> dict:
