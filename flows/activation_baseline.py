@@ -31,6 +31,7 @@ from reasonlab.activations import baseline as ab
 from reasonlab.activations import codegen, mbpp
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
+from reasonlab.sandbox import require_confinement
 from reasonlab.io import sha256_json
 from reasonlab.models import REGISTRY, ResolvedModel, load_tokenizer
 from tasks.activation_baseline import generate_shard, merge_shards
@@ -84,6 +85,9 @@ class Robustness(_Group):
     sandbox_timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per program in the sandbox, seconds")
     memory_warn_fraction: float = Field(0.85, gt=0, le=1, description="warn when the machine's RAM in use "
                                         "passes this share at a checkpoint (the seed: 0.85)")
+    allow_unconfined_reads: bool = Field(False, description="UNSAFE: run generated code even where the sandbox "
+                                         "cannot keep it from reading the host's files (no bubblewrap and not root); "
+                                         "off: such a machine refuses, saying what to install")
 
 
 class Placement(_Group):
@@ -187,6 +191,7 @@ def activation_baseline(
     chosen = select_range(split_rows, problems.start, problems.end)
     # 2 - layers, model, prompt format (all checked before any model work)
     layer_info = ab.extraction_layers(capture.layers, capture.top_features)
+    require_confinement(robustness.allow_unconfined_reads)  # generated code never reads the host's files unasked
     resolved = resolve_model_ref(model)  # a name, folder, Hub id, or block:NAME
     variant, use_template = resolve_variant(variant, resolved, codegen.uses_chat_template(load_tokenizer(resolved)))
     config = ab.BaselineConfig(max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size,
@@ -194,7 +199,8 @@ def activation_baseline(
                                checkpoint_every=robustness.checkpoint_every, max_attempts=robustness.max_attempts,
                                sandbox_timeout_s=robustness.sandbox_timeout_s,
                                generation_timeout_s=generation.generation_timeout_s, use_chat_template=use_template,
-                               memory_warn_fraction=robustness.memory_warn_fraction)
+                               memory_warn_fraction=robustness.memory_warn_fraction,
+                               allow_unconfined_reads=robustness.allow_unconfined_reads)
     identity = {"fingerprint": resolved.fingerprint, "variant": variant, "split": problems.split,
                 # the split's content, not its path: the split parquet written into the run directory (or the
                 # seed's own) reads back as the same split
@@ -329,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-attempts", type=int, default=2, help=_help(Robustness, "max_attempts"))
     g.add_argument("--sandbox-timeout", type=float, default=10.0, help=_help(Robustness, "sandbox_timeout_s"))
     g.add_argument("--memory-warn-fraction", type=float, default=0.85, help=_help(Robustness, "memory_warn_fraction"))
+    g.add_argument("--unsafe-allow-host-reads", action="store_true", help=_help(Robustness, "allow_unconfined_reads"))
     g = ap.add_argument_group("placement")
     g.add_argument("--shards", type=int, default=1, help=_help(Placement, "shards"))
     g.add_argument("--device", default="auto", help=_help(Placement, "device"))
@@ -358,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                                   system_prompt=args.system_prompt, generation_timeout_s=args.generation_timeout),
             robustness=Robustness(checkpoint_every=args.checkpoint_every, max_attempts=args.max_attempts,
                                   sandbox_timeout_s=args.sandbox_timeout,
-                                  memory_warn_fraction=args.memory_warn_fraction),
+                                  memory_warn_fraction=args.memory_warn_fraction,
+                                  allow_unconfined_reads=args.unsafe_allow_host_reads),
             placement=Placement(shards=args.shards, device=args.device, devices=args.devices, dtype=args.dtype))
     except ReasonlabError as e:
         raise SystemExit(f"error: {e}") from None

@@ -63,6 +63,7 @@ class BaselineConfig:
         its rows (hit_time_limit=True), a batch that raises is retried problem by problem.
     use_chat_template: prompt under the chat template (None: when the tokenizer has one).
     memory_warn_fraction: warn when the machine's RAM in use passes this share (seed: 0.85).
+    allow_unconfined_reads: run generated code even where reads cannot be confined (UNSAFE, loudly warned).
     """
 
     max_new_tokens: int = 2000
@@ -77,6 +78,7 @@ class BaselineConfig:
     generation_timeout_s: float | None = None
     use_chat_template: bool | None = None
     memory_warn_fraction: float = 0.85
+    allow_unconfined_reads: bool = False  # UNSAFE opt-out where the sandbox cannot confine reads
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size", "checkpoint_every", "max_attempts"):
@@ -260,7 +262,7 @@ def _rows_for(problems: list[dict], prompts: list[str], outs: list[dict], config
     jobs = [{"code": c, "tests": list(p["test_list"]), "setup_code": p.get("test_setup_code") or "",
              "timeout_s": config.sandbox_timeout_s} for c, p in zip(codes, problems)]
     start = time.perf_counter()
-    results = run_many(jobs, workers=config.sandbox_workers)
+    results = run_many(jobs, workers=config.sandbox_workers, allow_unconfined_reads=config.allow_unconfined_reads)
     sandbox_batch_s = time.perf_counter() - start
     rows = []
     for p, prompt, out, code, res in zip(problems, prompts, outs, codes, results):
