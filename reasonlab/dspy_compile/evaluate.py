@@ -57,10 +57,10 @@ def run_example(program: dspy.Module, row: dict[str, Any], task: str, lm) -> dic
     from dspy.utils.exceptions import AdapterParseError
 
     example_lm = lm.copy()
-    inputs = {k: row[k] for k in programs.input_keys(task)}
     started = time.perf_counter()
-    record: dict[str, Any] = {"id": row["id"], "question": row["question"], "gold": row["answer"]}
+    record: dict[str, Any] = {"id": row.get("id"), "question": row.get("question", ""), "gold": row.get("answer")}
     try:
+        inputs = {k: row[k] for k in programs.input_keys(task)}
         with dspy.context(lm=example_lm):
             pred = program(**inputs)
         answer = getattr(pred, "answer", None)
