@@ -59,6 +59,7 @@ def dspy_compile(
     usd_per_hour: float = 0.0,
     baseline: str = "cot",
     device: str = "cpu",
+    model: str | None = None,
 ) -> dict:
     """Compile and evaluate every approach for every model, then compare against a reference model.
 
@@ -79,7 +80,10 @@ def dspy_compile(
         usd_per_hour: price of an hour of local compute (0: local cost is compute seconds).
         baseline: the approach every row's paired bootstrap CI is taken against.
         device: cpu or cuda for local models.
+        model: one student model (overrides `models`; what a model sweep sets per child run).
     """
+    if model:
+        models = [model]
     # Checks, before any model work
     datamod.check_task(task)
     adapter_for(adapter)
