@@ -106,10 +106,11 @@ def plot(results: list[dict], task: str, dest: str | Path) -> Path:
         xs = [_cost(r["summary"], unit) for r in rs]
         ys = [r["summary"]["score"] for r in rs]
         err = [[y - r["summary"]["ci_lo"] for y, r in zip(ys, rs)], [r["summary"]["ci_hi"] - y for y, r in zip(ys, rs)]]
-        ax.errorbar(xs, ys, yerr=err, fmt=markers[i % len(markers)], capsize=3, label=model, alpha=0.85)
-        for x, y, r in zip(xs, ys, rs):
+        ax.errorbar(xs, ys, yerr=err, fmt=markers[i % len(markers)], capsize=3, label=model, alpha=0.85,
+                    color=f"C{i}")
+        for j, (x, y, r) in enumerate(zip(xs, ys, rs)):  # staggered: coinciding points stay readable
             ax.annotate(r["approach"] + ("*" if r.get("reference") else ""), (x, y), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+                        xytext=(5, 4 + 10 * (j % 4) - 15 * i), fontsize=8, color=f"C{i}")
     ax.set_xlabel("cost per example (USD)" if unit == "usd" else "compute seconds per example (local CPU)")
     ax.set_ylabel(f"{task} {metrics.headline(task)} (95% bootstrap CI)")
     n = results[0]["summary"]["n"] if results else 0
