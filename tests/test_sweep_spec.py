@@ -19,7 +19,7 @@ def test_repo_sweep_definitions_are_valid():
     assert sweeps, "no sweep definitions in deployments/sweeps"
     for path in sweeps:
         spec = load_sweep(path)
-        assert spec.children() and spec.deployment in ("concept-sft/concept-sft",
+        assert spec.children() and spec.deployment in ("concept-sft/concept-sft", "dspy-compile/dspy-compile",
                                                        "activation-baseline/activation-baseline")
 
 

@@ -1,0 +1,1 @@
+"""DSPy compile: small models + DSPy optimization measured against a reference model, with cost (GSM8K, HotPotQA)."""

@@ -1,0 +1,234 @@
+"""DSPy compile: metrics and parsing (DummyLM), data, bad input, and real DSPy runs against the in-process
+engine on stories260K / tiny models and against a real loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import subprocess
+import sys
+from pathlib import Path
+
+import dspy
+import pytest
+
+from conftest import DATA
+from flows.dspy_compile import dspy_compile
+from loopback_llm import ScriptedLLM
+from reasonlab.dspy_compile import data, evaluate, lm as lms, metrics, programs, run
+from reasonlab.errors import ReasonlabError
+from tasks.run_info import flow_run_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+# One reply carrying every field DSPy's ChatAdapter may ask for (extra sections are ignored by the parser)
+FORMATTED = ("[[ ## reasoning ## ]]\nThere are 3 + 15 = 18.\n\n[[ ## proposed_instruction ## ]]\nSolve the problem "
+             "step by step and give the final number.\n\n[[ ## answer ## ]]\n18\n\n[[ ## completed ## ]]")
+
+
+# --- metrics and parsing (pure functions, DummyLM) ------------------------------------------------------
+
+
+def test_gsm8k_and_hotpot_metrics():
+    assert metrics.gsm8k_match("1,234", "The answer is $1234.") and metrics.gsm8k_match("18", "18.0")
+    assert not metrics.gsm8k_match("18", "eighteen") and not metrics.gsm8k_match("18", "17")
+    assert metrics.parse_number("#### -3.5") == -3.5 and metrics.parse_number(None) is None
+    assert metrics.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert metrics.hotpot_em("the Eiffel Tower", "Eiffel tower.") == 1.0
+    assert metrics.hotpot_f1("yes", "no") == 0.0
+    assert metrics.hotpot_f1("Dambovita River", "the river Dambovita flows") == pytest.approx(0.8)  # P 2/3, R 1
+    better, worse = [1, 1, 1, 0, 1, 1, 1, 1] * 4, [0, 0, 1, 0, 0, 1, 0, 0] * 4
+    d = metrics.paired_bootstrap(better, worse)
+    assert d["diff"] == pytest.approx(0.625) and 0 < d["lo"] <= d["diff"] <= d["hi"] and d["p_le_0"] == 0.0
+    same = metrics.paired_bootstrap(better, better)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_le_0": 1.0}
+    with pytest.raises(ValueError, match="same examples"):
+        metrics.paired_bootstrap([1], [1, 0])
+
+
+def test_parse_failures_and_errors_are_rows_not_crashes():
+    from dspy.utils import DummyLM
+
+    rows = [{"id": "a", "question": "3 + 15?", "answer": "18"}, {"id": "b", "question": "2 + 2?", "answer": "4"},
+            {"id": "c", "answer": "1"}]  # c has no question: an error row
+    lm = DummyLM([{"reasoning": "3 + 15 = 18", "answer": "18"}, {"reasoning": "no answer field here"}])
+    out = evaluate.evaluate_program(programs.MathSolver(), rows, "gsm8k", lm)
+    assert [r["status"] for r in out] == ["ok", "parse_error", "error"]
+    assert out[0]["score"] == 1.0 and out[1]["score"] == 0.0 and "AdapterParseError" in out[1]["reason"]
+    assert "KeyError" in out[2]["reason"]
+    summary = evaluate.summarize(out, "gsm8k", lambda p, c, s: 0.0)
+    assert summary["parse_failures"] == 1 and summary["errors"] == 1 and summary["score"] == pytest.approx(1 / 3)
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def test_subsets_are_deterministic_disjoint_and_fields_are_checked(tmp_path):
+    a = data.load_splits("gsm8k", 5, 3, 4, seed=1)
+    b = data.load_splits("gsm8k", 5, 3, 4, seed=1)
+    assert a["hashes"] == b["hashes"] and a["source"].endswith("gsm8k")
+    ids = [r["id"] for s in ("train", "dev") for r in a[s]]
+    assert len(set(ids)) == 8 and all(i.startswith("train-") for i in ids)
+    assert all(r["id"].startswith("test-") and r["answer"].lstrip("-").replace(".", "").isdigit() for r in a["test"])
+    assert data.load_splits("gsm8k", 5, 3, 4, seed=2)["hashes"] != a["hashes"]
+    h = data.load_splits("hotpotqa", 2, 1, 2, seed=0)
+    assert len(h["test"][0]["paragraphs"]) >= 2 and " | " in h["test"][0]["paragraphs"][0]
+    assert h["skipped_without_context"] == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n" + json.dumps({"question": "q2"}) + "\n")
+    with pytest.raises(ReasonlabError, match=r"row 1 is missing the field 'answer'"):
+        data.load_splits("gsm8k", 1, 0, 0, source=str(bad))
+
+
+@contextlib.contextmanager
+def refusing_server():
+    """A real HTTP server that answers 401 to every request (a wrong API key)."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _refuse(self):
+            body = b'{"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}'
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- bad input: one clear error each, before any model work -------------------------------------------------
+
+
+def test_bad_input_fails_before_model_work(tmp_path, stories_chat, monkeypatch):
+    before = lms.generations()
+    common = dict(models=[str(stories_chat)], train_size=2, dev_size=1, test_size=2, max_tokens=8)
+    with pytest.raises(ReasonlabError, match="unknown optimizer/approach 'miprov9'"):
+        dspy_compile(approaches=["cot", "miprov9"], **common)
+    with pytest.raises(ReasonlabError, match="trainset too small for bootstrap: 1 examples, it needs at least 2"):
+        dspy_compile(approaches=["bootstrap"], **{**common, "train_size": 1})
+    bad = tmp_path / "gsm.jsonl"
+    bad.write_text(json.dumps({"question": "only a question"}) + "\n")
+    with pytest.raises(ReasonlabError, match="row 0 is missing the field 'answer'"):
+        dspy_compile(approaches=["cot"], data=str(bad), **common)
+    monkeypatch.setenv("REASONLAB_LLM_MODEL", "gpt-x")
+    monkeypatch.setenv("REASONLAB_LLM_API_KEY_ENV", "TEST_DSPY_KEY")
+    monkeypatch.setenv("TEST_DSPY_KEY", "sk-wrong")
+    with refusing_server() as base_url:
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", base_url)
+        with pytest.raises(ReasonlabError, match=r"refused the API key \(HTTP 401\).*TEST_DSPY_KEY"):
+            dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
+    from reasonlab.local_server import free_port
+
+    monkeypatch.setenv("REASONLAB_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(ReasonlabError, match="is unreachable .*is the server up"):
+        dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
+    assert lms.generations() == before
+
+
+# --- real DSPy runs ------------------------------------------------------------------------------------------
+
+
+def test_flow_on_stories_then_rerun_is_all_cached(stories_chat, tiny_models):
+    kwargs = dict(task="gsm8k", models=[str(stories_chat)], approaches=["predict", "cot", "manual", "bootstrap",
+                                                                         "random_search"],
+                  reference=str(tiny_models["llama"]), train_size=2, dev_size=1, test_size=3, max_tokens=12,
+                  optimizer_options={"random_search": {"num_candidate_programs": 1}})
+    first = dspy_compile(**kwargs, return_state=True)
+    out = first.result()
+    states, artifacts = flow_run_summary(first.state_details.flow_run_id)
+    assert set(states.values()) == {"Completed"}, states
+    assert {"dspy-compile-table", "dspy-compile-reference", "dspy-compile-errors", "dspy-compile-report"} <= artifacts
+    assert [r["approach"] for r in out["table"]] == ["predict", "cot", "manual", "bootstrap", "random_search",
+                                                     "cot (reference)"]
+    assert all(r["n"] == 3 and r["tokens_in/ex"] > 0 and r["compute_s/ex"] > 0 for r in out["table"])
+    manual = next(r for r in out["table"] if r["approach"] == "manual")
+    assert manual["demos"] == 3 and manual["tokens_in/ex"] > out["table"][1]["tokens_in/ex"]
+    assert len(out["reference"]) == 5 and out["reference"][0]["cost unit"] == "compute_s"
+    assert Path(out["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(Path(out["programs"]["stories260K/manual"]).read_text())
+    assert len(saved["solve.predict"]["demos"]) == 3
+
+    calls = lms.generations()
+    second = dspy_compile(**kwargs, return_state=True)
+    states, _ = flow_run_summary(second.state_details.flow_run_id)
+    assert set(states.values()) == {"Cached"}, states
+    assert lms.generations() == calls
+    assert second.result()["table"] == out["table"]
+
+
+def test_endpoint_lm_usage_cost_and_a_failing_example(monkeypatch):
+    """Real DSPy through dspy.LM("openai/...", api_base=...) against a real HTTP server: the server's usage,
+    dollars from the endpoint's prices, and an example whose call is refused recorded with its reason."""
+    monkeypatch.setenv("REASONLAB_LLM_MODEL", "big-model")
+    monkeypatch.setenv("REASONLAB_LLM_PRICE_INPUT_PER_1K", "0.5")
+    monkeypatch.setenv("REASONLAB_LLM_PRICE_OUTPUT_PER_1K", "1.5")
+    with ScriptedLLM([("ok", FORMATTED), ("ok", FORMATTED), ("status", 400), ("ok", FORMATTED)]) as srv:
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
+        out = dspy_compile(task="gsm8k", models=["env"], approaches=["cot"], train_size=0, dev_size=0, test_size=3,
+                           max_tokens=64, seed=7)
+        bodies = [r["body"] for r in srv.requests]
+    [row] = out["table"]
+    assert row["n"] == 3 and row["errors"] == 1 and row["tokens_in/ex"] == pytest.approx(200 / 3, abs=0.1)
+    assert row["cost_usd/ex"] == pytest.approx((200 * 0.5 + 100 * 1.5) / 1000 / 3, rel=1e-4)
+    assert all(b["model"] == "big-model" and b["temperature"] == 0.0 for b in bodies)
+    evals = json.loads(next(Path(out["run_dir"], "evals").glob("*.json")).read_text())["rows"]
+    failed = [r for r in evals if r["status"] == "error"]
+    assert len(failed) == 1 and "400" in failed[0]["reason"]
+
+
+def test_saved_program_gives_same_predictions_in_another_process(stories_chat, tmp_path):
+    splits = data.load_splits("gsm8k", 3, 0, 20, seed=3)
+    spec = lms.local_spec(str(stories_chat), max_tokens=12)
+    info = run.compile_approach("bootstrap", {"task": "gsm8k"}, spec, splits["train"], [], tmp_path / "prog.json")
+    assert info["demos"] >= 1
+    program_spec = {"task": "gsm8k", "cot": True}
+    here = run.evaluate_saved(program_spec, info["program_file"], spec, splits["test"], tmp_path / "here.json")["rows"]
+    threaded = run.evaluate_saved(program_spec, info["program_file"], spec, splits["test"], tmp_path / "t.json",
+                                  num_threads=4)["rows"]
+    script = ("import json,sys; from reasonlab.dspy_compile import lm, run; "
+              "spec = lm.spec_from_dict(json.loads(sys.argv[1])); rows = json.loads(sys.argv[2]); "
+              "out = run.evaluate_saved({'task': 'gsm8k', 'cot': True}, sys.argv[3], spec, rows, sys.argv[4]); "
+              "print(json.dumps([[r['answer'], r['reasoning'], r['status']] for r in out['rows']]))")
+    env = {**os.environ, "REASONLAB_HOME": str(tmp_path / "other-home"), "PYTHONPATH": str(ROOT)}  # no shared cache
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec.to_dict()), json.dumps(splits["test"]),
+                           info["program_file"], str(tmp_path / "there.json")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(there) == 20
+    assert there == [[r["answer"], r["reasoning"], r["status"]] for r in here]
+    assert [r["reasoning"] for r in threaded] == [r["reasoning"] for r in here]
+
+
+def test_miprov2_light_wiring(stories_chat, tmp_path, monkeypatch):
+    """MIPROv2(auto="light") on a tiny subset: the student is stories260K in-process, the proposer (prompt model)
+    a real loopback OpenAI-compatible server; the compiled program carries the proposed instruction."""
+    monkeypatch.setenv("REASONLAB_LLM_MODEL", "proposer")
+    with ScriptedLLM([("ok", FORMATTED)]) as srv:
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
+        teacher = lms.parse_lm("env", temperature=0.0, max_tokens=64)
+        splits = data.load_splits("gsm8k", 3, 2, 0, seed=5)
+        student = lms.local_spec(str(stories_chat), max_tokens=8)
+        info = run.compile_approach("mipro", {"task": "gsm8k"}, student, splits["train"], splits["dev"],
+                                    tmp_path / "mipro.json", teacher=teacher,
+                                    options={"mipro": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1,
+                                                       "data_aware_proposer": False}})
+        assert srv.posts() >= 1
+    saved = json.loads(Path(info["program_file"]).read_text())
+    instructions = saved["solve.predict"]["signature"]["instructions"]
+    assert info["compile_usage"]["lm_calls"] >= 2
+    assert instructions in ("Solve the problem step by step and give the final number.",
+                            programs.MathQA.__doc__.strip())
