@@ -28,6 +28,7 @@ from reasonlab.dspy_compile import optimizers, programs, report
 from reasonlab.dspy_compile.evaluate import adapter_for
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import sha256_json, write_json, write_text
+from tasks.artifacts import image_markdown, publish_image, publish_run_folder
 from tasks import dspy_compile as stages
 
 DEFAULT_APPROACHES = ["predict", "cot", "manual", "bootstrap", "random_search"]
@@ -156,8 +157,10 @@ def dspy_compile(
           f"{len(splits['dev'])}; source {splits['source']}, seed {seed}). Adapter: {adapter}, temperature "
           f"{temperature}.\n\n{report.markdown(table)}\n"
           + (f"## Against the reference\n\n{report.markdown(ref_rows)}\n" if ref_rows else "")
-          + f"![accuracy vs cost]({plot})\n\n`{plot}`\n")
+          + f"{image_markdown(plot, 'accuracy vs cost')}\n\n`{plot}`\n")
     write_text(run_dir / "report.md", md)
+    publish_image(plot, key="dspy-compile-plot", description=f"{task}: accuracy vs cost")
+    publish_run_folder(run_dir, key="dspy-compile-run-folder", description="Programs, results, error samples")
     create_table_artifact(table, key="dspy-compile-table", description=f"{task}: approach x model")
     if ref_rows:
         create_table_artifact(ref_rows, key="dspy-compile-reference", description="% of reference score at % of its cost")
