@@ -43,11 +43,8 @@ def main() -> None:
         return [scoring.letter_logprobs_per_option(model, tokenizer, p, letters) for p in prompts]
 
     def norm_batched():
-        out = []
-        for p, e, q in zip(prompts, encoded, questions):
-            lp, past = scoring.last_position_logprobs(model, [e], use_cache=True)
-            out.append(scoring.option_text_scores(model, tokenizer, p, lp[0, 0], past, list(q["options"].values())))
-        return out
+        return [scoring.option_text_logliks(model, tokenizer, p, list(q["options"].values()))
+                for p, q in zip(prompts, questions)]
 
     def norm_unbatched():
         return [scoring.option_text_scores_unbatched(model, tokenizer, p, list(q["options"].values()))

@@ -52,6 +52,7 @@ def instruction_retrieval(
     acc_norm: bool = True,
     seed: int = 0,
     n_boot: int = 2000,
+    chunk_size: int = 25,
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict:
@@ -72,12 +73,14 @@ def instruction_retrieval(
         acc_norm: also score each option's text, normalised by its length.
         seed: random-other choice and bootstrap seed.
         n_boot: bootstrap resamples.
+        chunk_size: questions per cached scoring task (a longer run reuses the chunks of a shorter one).
         device, dtype: where and how the models run (auto: cuda + bf16 if present, else cpu + fp32).
     """
     # Checks, before any model work: each bad input is one clear error
     check_method(retriever)
-    if n_questions < 1 or start < 0:
-        raise ReasonlabError(f"n_questions must be >= 1 and start >= 0, got {n_questions}, {start}")
+    if n_questions < 1 or start < 0 or chunk_size < 1:
+        raise ReasonlabError(f"n_questions and chunk_size must be >= 1 and start >= 0, got {n_questions}, "
+                             f"{chunk_size}, {start}")
     if not questions:
         raise ReasonlabError("questions: name at least one source (seed, medqa, medmcqa, a file)")
     library_file = paths.find_input(library)
@@ -122,11 +125,17 @@ def instruction_retrieval(
         results[m.name] = {}
         for name, qs in sets.items():
             out = model_dir / name
-            runs = {c: stages.score_condition(m, qs, its, str(out / f"scores_{c}.json"), use_chat_template, debias,
-                                              acc_norm, device, dtype)
-                    for c, its in items[name].items()}
-            scored = {c: r["rows"] for c, r in runs.items()}
-            n_params = next(iter(runs.values()))["n_params"]
+            scored, n_params = {}, None
+            for c, its in items[name].items():  # chunks: a longer run reuses every chunk a shorter one scored
+                scored[c] = []
+                for i in range(0, len(its), chunk_size):
+                    chunk = its[i:i + chunk_size]
+                    ids = {it["id"] for it in chunk}
+                    run = stages.score_condition(m, [q for q in qs if q["id"] in ids], chunk,
+                                                 str(out / "scores" / f"{c}_{i:05d}.json"), use_chat_template,
+                                                 debias, acc_norm, device, dtype)
+                    scored[c] += run["rows"]
+                    n_params = run["n_params"]
             summary = stages.summarize(qs, scored, str(out / "summary.json"), n_boot, seed)
             title = f"{m.name} on {name} (n={len(qs)})"
             pngs = stages.plot_results(qs, scored, summary, str(out), title)
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-debias", action="store_true")
     parser.add_argument("--no-acc-norm", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=25)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         out = instruction_retrieval(questions=args.questions, n_questions=args.n_questions, start=args.start,
                                     library=args.library, embedder=args.embedder, retriever=args.retriever,
                                     top_k=args.top_k, models=args.models, use_chat_template=args.use_chat_template,
-                                    debias=not args.no_debias, acc_norm=not args.no_acc_norm, seed=args.seed,
+                                    debias=not args.no_debias, acc_norm=not args.no_acc_norm, seed=args.seed, chunk_size=args.chunk_size,
                                     device=args.device, dtype=args.dtype)
     except ReasonlabError as e:
         raise SystemExit(f"error: {e}") from None

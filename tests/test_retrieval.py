@@ -134,8 +134,7 @@ def _one_forward_vs_references(model, tokenizer, q, instruction=""):
     lp, _ = option_scoring.last_position_logprobs(model, [enc], extra=extra)
     one = option_scoring.letter_logliks(lp[0], extra, conts)
     assert forward_passes() - before == 1  # all four letters from one forward
-    plp, past = option_scoring.last_position_logprobs(model, [enc], use_cache=True)
-    batched = option_scoring.option_text_scores(model, tokenizer, prompt, plp[0, 0], past, texts)
+    batched = option_scoring.option_text_logliks(model, tokenizer, prompt, texts)
     assert forward_passes() - before == 3  # the shared prefix once, then all four continuations in one batch
     per_option = option_scoring.letter_logprobs_per_option(model, tokenizer, prompt, letters)
     unbatched = option_scoring.option_text_scores_unbatched(model, tokenizer, prompt, texts)
@@ -169,6 +168,15 @@ def test_debiased_distribution_does_not_depend_on_the_option_order(stories_path,
                                                       abs=1e-5)
     assert sum(row["probs"]) == pytest.approx(1, abs=1e-5) and 0 < row["letter_mass"] <= 1
     assert len(row["shift_probs"]) == 4 and row["shift_probs"][0] == row["probs"]
+    # the batched row equals each order scored alone, and acc_norm equals the unbatched reference
+    for s in range(4):
+        alone = option_scoring.score_question(model, tokenizer, {**q, "options": rotate(q["options"], s)},
+                                              acc_norm=False)
+        assert rotate(dict(zip("ABCD", alone["probs"])), -s) == pytest.approx(dict(zip("ABCD", row["shift_probs"][s])),
+                                                                             abs=1e-5)
+    reference = option_scoring.option_text_scores_unbatched(model, tokenizer, mc_text(q["question"], q["options"]),
+                                                            list(q["options"].values()))
+    assert row["option_loglik"] == pytest.approx(reference, abs=1e-4)
 
 
 def test_prompt_longer_than_the_model_is_one_clear_error(tiny_models, seed_questions):
@@ -223,9 +231,8 @@ def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_
         with open(png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert out["retrieval_accuracy"]["seed"][0]["n_known"] == 3
-    # conditions x questions x (letters, acc_norm prefix, continuations, debias shifts): stories' letters need a
-    # '▁' after the prompt, so its acc_norm prefix is one more forward than for SmolLM2 (3 per question there)
-    assert out["forward_passes"] == 5 * 3 * 4
+    # conditions x questions x 2: the shared prompt part, then one batch (four orders + four option texts)
+    assert out["forward_passes"] == 5 * 3 * 2
 
     before = forward_passes()
     second = instruction_retrieval(**kwargs)

@@ -7,14 +7,16 @@ vocabulary's probability the letters hold.
 
 `acc_norm`: the log-likelihood of " {option text}" as a continuation, divided by the option's length in
 characters (lm-eval's acc_norm). The prompt is run once with a KV cache, which is repeated for the options,
-whose continuations go through in one batched forward (`option_text_scores`).
+whose continuations go through in one batched forward (`option_text_logliks`).
 
 Debiasing (`debias=True`): the prompt is also shown with its options cyclically shifted by 1..n-1 positions (one
 batched forward); each shift's letter distribution is mapped back to the original options and the n are averaged,
 so a letter preference can no longer pick the same original option every time.
 
-The per-option references (`letter_logprobs_per_option`, `option_text_scores_unbatched`) do the same work the
-naive way, for the benchmark and the tests.
+Per question, `score_question` needs two forwards whatever it computes: the prompt's shared part (instruction and
+question) once with a KV cache, then one batch of the rest (`shared_prefix_logprobs`). The per-option references
+(`letter_logprobs_per_option`, `option_text_scores_unbatched`) do the same work the naive way, for the benchmark
+and the tests.
 """
 
 from __future__ import annotations
@@ -110,32 +112,61 @@ def _softmax(values: list[float]) -> list[float]:
 
 
 @torch.no_grad()
-def option_text_scores(model, tokenizer, prompt: str, prompt_logprobs: torch.Tensor, past, texts: list[str]) -> list[float]:
-    """Sum log p(" text" | prompt) per option, one batched forward over the shared prefix's KV cache."""
+def shared_prefix_logprobs(model, seqs: list[list[int]], reads: list[list[int]]) -> list[torch.Tensor]:
+    """Next-token log-probabilities at the `reads` positions of every sequence, in two forwards: the sequences'
+    longest common prefix once (KV cache), then every suffix in one right-padded batch over the repeated cache.
+
+    Exact: each sequence's tokens are its own (the prefix is found on token ids, no re-tokenisation). Only the
+    columns read go through the LM head. Returns one [len(reads[r]), vocab] tensor per sequence."""
     device = _device(model)
-    ctx_ids = encode(tokenizer, prompt)
-    conts = [continuation_ids(tokenizer, prompt, " " + t)[1] for t in texts]
-    if any(not c for c in conts):
-        raise ReasonlabError("an option text encodes to no tokens")
-    n, longest = len(conts), max(len(c) for c in conts)
-    ids = torch.full((n, longest), tokenizer.pad_token_id or 0, dtype=torch.long)
-    mask = torch.zeros((n, longest), dtype=torch.long)
-    for i, c in enumerate(conts):
-        ids[i, :len(c)] = torch.tensor(c)
-        mask[i, :len(c)] = 1
-    past.batch_repeat_interleave(n)
-    full_mask = torch.cat([torch.ones((n, len(ctx_ids)), dtype=torch.long), mask], dim=1)
-    positions = torch.arange(len(ctx_ids), len(ctx_ids) + longest).unsqueeze(0).expand(n, -1)
-    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), past_key_values=past,
-                position_ids=positions.to(device), use_cache=True)
-    logprobs = _log_softmax_rows(out.logits)  # [n, longest, vocab]
-    scores = []
-    for i, c in enumerate(conts):
-        total = float(prompt_logprobs[c[0]])
-        for j in range(1, len(c)):
-            total += float(logprobs[i, j - 1, c[j]])
-        scores.append(total)
-    return scores
+    n = len(seqs)
+    p = 0
+    while p < min(len(x) for x in seqs) and all(x[p] == seqs[0][p] for x in seqs):
+        p += 1
+    p = min(p, min(min(r) for r in reads), min(len(x) for x in seqs) - 1)  # every row keeps >= 1 token and its reads
+    past = None
+    if p > 0:
+        past = model(input_ids=torch.tensor([seqs[0][:p]], device=device), use_cache=True,
+                     logits_to_keep=1).past_key_values
+        past.batch_repeat_interleave(n)
+    suffixes = [x[p:] for x in seqs]
+    width = max(len(x) for x in suffixes)
+    ids = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, x in enumerate(suffixes):  # right-padded: real tokens stay contiguous (sliding-window layers count on it)
+        ids[i, :len(x)] = torch.tensor(x)
+        mask[i, :len(x)] = 1
+    positions = torch.arange(p, p + width).unsqueeze(0).expand(n, -1)
+    full_mask = torch.cat([torch.ones((n, p), dtype=torch.long), mask], dim=1)
+    cols = [[r - p for r in rs] for rs in reads]
+    keep = torch.unique(torch.tensor([c for cs in cols for c in cs]))
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=positions.to(device),
+                past_key_values=past, use_cache=past is not None, logits_to_keep=keep.to(device))
+    index = {int(c): j for j, c in enumerate(keep)}
+    return [_log_softmax_rows(out.logits[i, [index[c] for c in cs]]) for i, cs in enumerate(cols)]
+
+
+def option_text_rows(tokenizer, prompt: str, texts: list[str]) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """(sequences prompt + " text", positions to read, continuation tokens) for acc_norm."""
+    seqs, reads, conts = [], [], []
+    for t in texts:
+        ctx, cont = continuation_ids(tokenizer, prompt, " " + t)
+        if not cont:
+            raise ReasonlabError(f"option text {t!r} encodes to no tokens")
+        seqs.append(ctx + cont)
+        reads.append([len(ctx) - 1 + j for j in range(len(cont))])
+        conts.append(cont)
+    return seqs, reads, conts
+
+
+def continuation_loglik(position_lp: torch.Tensor, cont: list[int]) -> float:
+    return sum(float(position_lp[j, tok]) for j, tok in enumerate(cont))
+
+
+def option_text_logliks(model, tokenizer, prompt: str, texts: list[str]) -> list[float]:
+    """Sum log p(" text" | prompt) per option: the prompt once, the continuations in one batch (acc_norm)."""
+    seqs, reads, conts = option_text_rows(tokenizer, prompt, texts)
+    return [continuation_loglik(lp, c) for lp, c in zip(shared_prefix_logprobs(model, seqs, reads), conts)]
 
 
 @torch.no_grad()
@@ -174,38 +205,42 @@ def check_length(model, n_tokens: int, qid: str) -> None:
 def score_question(model, tokenizer, question: dict[str, Any], instruction: str = "", use_chat_template: bool = False,
                    debias: bool = False, acc_norm: bool = True,
                    letter_tokens: tuple[list[int], list[list[int]]] | None = None) -> dict:
-    """Letter log-likelihoods, the softmax over options, acc_norm scores and (debias) the shift-averaged softmax."""
+    """Letter log-likelihoods, the softmax over options, acc_norm scores and (debias) the shift-averaged softmax.
+
+    Two forwards per question whatever the options: the part every prompt shares (instruction, question) once,
+    then one batch of the rest: the options in each cyclic order (debias) + "Answer:", and the option texts'
+    continuations (acc_norm)."""
     letters = list(question["options"])
     texts = list(question["options"].values())
+    n = len(letters)
     extra, conts = letter_tokens or letter_ids(tokenizer, letters)
-    prompt = model_prompt(tokenizer, question["question"], question["options"], instruction, use_chat_template)
-    ids = encode(tokenizer, prompt)
-    check_length(model, len(ids) + 32, question["id"])  # + room for the longest option text
-    shared = acc_norm and not extra  # the letters' forward is also the option texts' shared prefix
-    logprobs, past = last_position_logprobs(model, [ids], use_cache=shared, extra=extra)
-    letter_lp = letter_logliks(logprobs[0], extra, conts)
+    shifts = list(range(n)) if debias else [0]
+    prompts = [model_prompt(tokenizer, question["question"], rotate(question["options"], s), instruction,
+                            use_chat_template) for s in shifts]
+    encoded = [encode(tokenizer, p) for p in prompts]
+    check_length(model, max(len(e) for e in encoded) + 32, question["id"])  # + room for the longest option text
+    seqs = [e + extra for e in encoded]
+    reads = [[len(e) - 1 + j for j in range(len(extra) + 1)] for e in encoded]
+    if acc_norm:
+        text_seqs, text_reads, text_conts = option_text_rows(tokenizer, prompts[0], texts)
+        seqs, reads = seqs + text_seqs, reads + text_reads
+    lps = shared_prefix_logprobs(model, seqs, reads)
+    letter_lp = letter_logliks(lps[0], extra, conts)
     probs = _softmax(letter_lp)
     row: dict[str, Any] = {
-        "id": question["id"], "answer": question["answer"], "n_prompt_tokens": len(ids),
+        "id": question["id"], "answer": question["answer"], "n_prompt_tokens": len(encoded[0]),
         "letter_logprobs": [round(v, 6) for v in letter_lp], "letter_mass": round(sum(math.exp(v) for v in letter_lp), 6),
         "probs": [round(p, 6) for p in probs], "pred": letters[probs.index(max(probs))],
     }
     if acc_norm:
-        prompt_lp = logprobs
-        if not shared:  # the letters needed extra tokens after the prompt: one more forward for the prefix cache
-            prompt_lp, past = last_position_logprobs(model, [ids], use_cache=True)
-        sums = option_text_scores(model, tokenizer, prompt, prompt_lp[0, 0], past, texts)
+        sums = [continuation_loglik(lp, c) for lp, c in zip(lps[len(shifts):], text_conts)]
         norm = [s / len(t) for s, t in zip(sums, texts)]
         row.update(option_loglik=[round(v, 6) for v in sums], norm_scores=[round(v, 6) for v in norm],
                    norm_pred=letters[norm.index(max(norm))])
     if debias:
-        n = len(letters)
-        shifted = [model_prompt(tokenizer, question["question"], rotate(question["options"], s), instruction,
-                                use_chat_template) for s in range(1, n)]
-        shift_lp, _ = last_position_logprobs(model, [encode(tokenizer, p) for p in shifted], extra=extra)
         per_shift = [probs]
         for s in range(1, n):
-            shown = _softmax(letter_logliks(shift_lp[s - 1], extra, conts))  # shown position j = original (j+s) % n
+            shown = _softmax(letter_logliks(lps[s], extra, conts))  # shown position j = original option (j+s) % n
             original = [0.0] * n
             for j in range(n):
                 original[(j + s) % n] = shown[j]
