@@ -1,7 +1,7 @@
 """Option scoring: the four letters from one forward against one forward per option, and acc_norm over a shared
 prefix (KV cache + one batched forward of the continuations) against one forward per option.
 
-    python bench/option_scoring.py                       # SmolLM2-135M-Instruct, 20 MedQA questions
+    python bench/option_scoring.py                       # SmolLM2-135M-Instruct, 8 MedQA questions, best of 2
     python bench/option_scoring.py --model gemma-3-270m --n 10
 
 Ends with key=value lines: max_abs_diff (largest log-likelihood difference, letters and option texts), speedup
@@ -25,8 +25,8 @@ from reasonlab.retrieval.questions import load_questions  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     model, tokenizer = load_model(resolve_model(args.model), device="cpu")
     questions = load_questions("medqa", 0, args.n)

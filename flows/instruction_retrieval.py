@@ -42,6 +42,7 @@ def instruction_retrieval(
     n_questions: int = 500,
     start: int = 0,
     library: str = DEFAULT_LIBRARY,
+    domains: str | None = None,
     embedder: str = "all-minilm-l6-v2",
     retriever: str = "rrf",
     top_k: int = 3,
@@ -63,6 +64,8 @@ def instruction_retrieval(
             GBaker/MedQA-USMLE-4-options-hf), `medqa-hub`, `medmcqa` (Hub), `hub:DATASET[:SPLIT]`, or a local file.
         n_questions: questions per source (from `start`); the seed has 3.
         library: the instruction library YAML (domain -> description, knowledge, reasoning).
+        domains: a YAML {source: {question id: gold domain}} for sources without domains (e.g.
+            data/medqa_domains.yaml): enables the oracle condition and retrieval accuracy there.
         embedder: all-minilm-l6-v2 (offline), a sentence-transformers folder, or a Hub id.
         retriever: which ranking picks the instructions: dense, bm25 or rrf (their reciprocal-rank fusion).
         top_k: instructions in the top-k condition (1 leaves that condition out).
@@ -93,6 +96,8 @@ def instruction_retrieval(
     sets = {}
     for spec in questions:
         qs = stages.load_questions(spec, start, n_questions, content=_local_file(spec))
+        if domains:
+            qs = question_sources.apply_domains(qs, read_structured(paths.find_input(domains)), domains)
         cond.check_domains(qs, lib)
         sets[_slug(qs[0]["source"] or spec)] = qs
     for m in resolved:
@@ -213,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-questions", type=int, default=500)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--library", default=DEFAULT_LIBRARY)
+    parser.add_argument("--domains", default=None, help="YAML {source: {id: domain}}, e.g. data/medqa_domains.yaml")
     parser.add_argument("--embedder", default="all-minilm-l6-v2")
     parser.add_argument("--retriever", default="rrf", choices=["dense", "bm25", "rrf"])
     parser.add_argument("--top-k", type=int, default=3)
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = instruction_retrieval(questions=args.questions, n_questions=args.n_questions, start=args.start,
-                                    library=args.library, embedder=args.embedder, retriever=args.retriever,
+                                    library=args.library, domains=args.domains, embedder=args.embedder, retriever=args.retriever,
                                     top_k=args.top_k, models=args.models, use_chat_template=args.use_chat_template,
                                     debias=not args.no_debias, acc_norm=not args.no_acc_norm, seed=args.seed, chunk_size=args.chunk_size,
                                     device=args.device, dtype=args.dtype)

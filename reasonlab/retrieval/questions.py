@@ -143,3 +143,14 @@ def load_questions(spec: str, start: int = 0, limit: int | None = None) -> list[
         raise ReasonlabError(f"unknown question source {spec!r}: use seed, medqa, medqa-hub, medmcqa, "
                              "hub:DATASET[:SPLIT], or a path to a .jsonl/.json/.yaml file")
     return load_file(path, None, start, limit)
+
+
+def apply_domains(questions: list[dict], labels: dict[str, dict[str, str]], where: str = "domains") -> list[dict]:
+    """Set gold domains from a {source: {question id: domain}} mapping (e.g. data/medqa_domains.yaml)."""
+    if not isinstance(labels, dict) or not all(isinstance(v, dict) for v in labels.values()):
+        raise ReasonlabError(f"{where}: expected {{source: {{question id: domain}}}}")
+    out = []
+    for q in questions:
+        domain = labels.get(q["source"], {}).get(q["id"])
+        out.append({**q, "domain": domain} if domain else q)
+    return out
