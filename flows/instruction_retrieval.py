@@ -111,6 +111,8 @@ def instruction_retrieval(
                     use_chat_template=use_chat_template, debias=debias, acc_norm=acc_norm, seed=seed)
     experiment = sha256_json([settings, {k: [q["id"] for q in qs] for k, qs in sets.items()}])[:12]
     root = paths.runs_dir() / "instruction_retrieval" / experiment
+    # scores by settings and chunk content, not by question count: a longer run reuses a shorter one's chunks
+    scores_root = paths.runs_dir() / "instruction_retrieval" / "scores" / sha256_json(settings)[:12]
     forwards_before = forward_passes()
 
     # Retrieval: rankings per question, conditions per question
@@ -136,9 +138,9 @@ def instruction_retrieval(
                 for i in range(0, len(its), chunk_size):
                     chunk = its[i:i + chunk_size]
                     ids = {it["id"] for it in chunk}
-                    run = stages.score_condition(m, [q for q in qs if q["id"] in ids], chunk,
-                                                 str(out / "scores" / f"{c}_{i:05d}.json"), use_chat_template,
-                                                 debias, acc_norm, device, dtype)
+                    chunk_file = scores_root / _slug(m.name) / name / f"{c}_{sha256_json(chunk)[:12]}.json"
+                    run = stages.score_condition(m, [q for q in qs if q["id"] in ids], chunk, str(chunk_file),
+                                                 use_chat_template, debias, acc_norm, device, dtype)
                     scored[c] += run["rows"]
                     n_params = run["n_params"]
             summary = stages.summarize(qs, scored, str(out / "summary.json"), n_boot, seed)

@@ -17,9 +17,10 @@ from reasonlab.retrieval.embedders import library_embeddings, resolve_embedder
 from reasonlab.retrieval.fusion import reciprocal_rank_fusion
 from reasonlab.retrieval.library import DEFAULT_LIBRARY, load_library, validate_library
 from reasonlab.retrieval.prompts import mc_text, rotate
-from reasonlab.retrieval.questions import load_file, load_questions, normalize
+from reasonlab.retrieval.questions import apply_domains, load_file, load_questions, normalize
 from reasonlab.retrieval.retrieve import rank_domains, retrieval_accuracy
 from reasonlab import paths
+from reasonlab.io import read_structured
 
 TINY_LIBRARY = {
     "cardiology": {"description": "Heart and vessels.", "knowledge": ["A shunt lets a clot cross."],
@@ -78,6 +79,9 @@ def test_every_source_layout_becomes_one_format(tmp_path, seed_questions):
                          "subject_name": "Pharmacology"}, "row")
     assert medmcqa["answer"] == "A" and medmcqa["domain"] == "pharmacology"
     assert [q["domain"] for q in seed_questions] == ["cardiology", "endocrinology", "obstetrics"]
+    labelled = apply_domains(load_questions("medqa", 0, 20), read_structured(paths.find_input("data/medqa_domains.yaml")))
+    assert all(q["domain"] for q in labelled)
+    conditions.check_domains(labelled, load_library(paths.find_input(DEFAULT_LIBRARY)))
 
 
 def test_hub_sources_keep_the_real_path_and_fail_clearly_offline(monkeypatch):
