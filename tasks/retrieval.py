@@ -66,7 +66,7 @@ def summarize(questions: list[dict], scored: dict[str, list[dict]], out_file: st
     return summary
 
 
-@task(name="plot-results", **task_options("1"))
+@task(name="plot-results", **task_options("2"))
 def plot_results(questions: list[dict], scored: dict[str, list[dict]], summary: dict, out_dir: str,
                  title: str, n_distribution_questions: int = 3) -> dict[str, str]:
     """PNG files: option distributions (first questions), information gain, reliability diagram."""

@@ -34,25 +34,29 @@ def _save(fig, dest: Path | str) -> Path:
 
 def option_distributions(questions: list[dict], scored: dict[str, list[dict]], dist: str, dest: Path | str,
                          title: str = "") -> Path:
-    """One panel per question: the model's distribution over options under every condition; the gold option starred."""
+    """One panel per question: the model's distribution over options under every condition; the gold option starred.
+    Top row: the plain letter softmax; bottom row (when debiased): the average over the cyclic orders."""
     plt = _plt()
     conditions = [c for c, rows in scored.items() if rows]
-    fig, axes = plt.subplots(1, len(questions), figsize=(4.2 * len(questions), 3.6), dpi=100, squeeze=False)
+    dists = ["probs"] + ([dist] if dist != "probs" else [])
+    fig, axes = plt.subplots(len(dists), len(questions), figsize=(4.2 * len(questions), 3.2 * len(dists)), dpi=100,
+                             squeeze=False)
     width = 0.8 / max(len(conditions), 1)
-    for ax, q in zip(axes[0], questions):
-        letters = list(q["options"])
-        for i, c in enumerate(conditions):
-            row = next((r for r in scored[c] if r["id"] == q["id"]), None)
-            if row is None:
-                continue
-            xs = [k + (i - (len(conditions) - 1) / 2) * width for k in range(len(letters))]
-            ax.bar(xs, row[dist], width=width, label=c, color=_color(c))
-        ax.set_xticks(range(len(letters)), [f"{k}*" if k == q["answer"] else k for k in letters])
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{q['id']}" + (f" ({q['domain']})" if q.get("domain") else ""), fontsize=9)
-        ax.set_ylabel("p(option)")
+    for r, key in enumerate(dists):
+        for ax, q in zip(axes[r], questions):
+            letters = list(q["options"])
+            for i, c in enumerate(conditions):
+                row = next((x for x in scored[c] if x["id"] == q["id"]), None)
+                if row is None:
+                    continue
+                xs = [k + (i - (len(conditions) - 1) / 2) * width for k in range(len(letters))]
+                ax.bar(xs, row[key], width=width, label=c, color=_color(c))
+            ax.set_xticks(range(len(letters)), [f"{k}*" if k == q["answer"] else k for k in letters])
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{q['id']}" + (f" ({q['domain']})" if q.get("domain") else "") + f": {key}", fontsize=9)
+            ax.set_ylabel("p(option)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title or f"distribution over options ({dist}); * = gold", fontsize=10)
+    fig.suptitle(title or "distribution over options; * = gold", fontsize=10)
     return _save(fig, dest)
 
 
