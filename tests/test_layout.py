@@ -6,7 +6,7 @@ import sys
 
 import reasonlab
 
-PIPELINES = ["reasonlab.concept_sft", "reasonlab.activations"]
+PIPELINES = ["reasonlab.concept_sft", "reasonlab.activations", "reasonlab.retrieval"]
 
 
 def library_modules() -> list[str]:

