@@ -31,6 +31,7 @@ from reasonlab.retrieval import questions as question_sources
 from reasonlab.retrieval.embedders import resolve_embedder
 from reasonlab.retrieval.library import DEFAULT_LIBRARY, library_hash
 from reasonlab.retrieval.retrieve import check_method, retrieval_accuracy
+from tasks.artifacts import image_markdown, publish_run_folder
 from tasks import retrieval as stages
 
 DEFAULT_MODELS = ["smollm2-135m-instruct"]
@@ -167,8 +168,10 @@ def instruction_retrieval(
         scaling[name] = {"png": str(png), "models": [p["model"] for p in points]}
     create_markdown_artifact(
         "# Instruction retrieval: scaling\n\n" + "\n".join(
-            f"- {name}: [{s['png']}]({s['png']}) ({', '.join(s['models'])})" for name, s in scaling.items()),
+            f"## {name} ({', '.join(s['models'])})\n\n{image_markdown(s['png'], f'scaling on {name}')}\n\n`{s['png']}`"
+            for name, s in scaling.items()),
         key="instruction-retrieval-scaling")
+    publish_run_folder(root, key="instruction-retrieval-run-folder", description="Scores, summaries and plots")
     forwards = forward_passes() - forwards_before
     print(f"forward passes this run: {forwards}")
     return {"run_dir": str(root), "results": {m: {s: {"plots": r["plots"], "conditions": r["summary"]["conditions"],
@@ -210,7 +213,8 @@ def publish(model: str, name: str, summary: dict, markdown: str, pngs: dict[str,
          for d in summary["differences"]], key=key + "-differences",
         description=f"{model} on {name}: paired differences (bootstrap 95 % CI, McNemar)")
     create_markdown_artifact(
-        markdown + "\n## Plots\n\n" + "\n".join(f"- {k}: [{v}]({v})" for k, v in pngs.items()),
+        markdown + "\n## Plots\n\n" + "\n\n".join(f"### {k}\n\n{image_markdown(v, k)}\n\n`{v}`"
+                                                      for k, v in pngs.items()),
         key=key + "-report")
 
 
