@@ -221,3 +221,17 @@ def test_flow_bad_input_fails_before_any_model_work(tiny_models, tmp_path):
     with pytest.raises(ReasonlabError, match="1 of 1 preference rows lack"):
         three_stage(config=str(config))
     assert models.forward_passes() == forwards
+
+
+def test_dpo_widens_the_heldout_logprob_margin(tiny_models, tmp_path):
+    from reasonlab.three_stage.config import DPOSettings
+    from reasonlab.three_stage.dpo import run_dpo
+
+    rows = [{"prompt": f"Story {i}:", "chosen": "The dog was happy.", "rejected": "The dog was sad."} for i in range(8)]
+    path = write_jsonl(tmp_path / "toy.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", [dict(r, prompt=f"Tale {i}:") for i, r in enumerate(rows[:2])])
+    out = run_dpo(resolve_model(str(tiny_models["llama"])),
+                  DPOSettings(enabled=True, max_length=48, batch_size=4, epochs=3, learning_rate=1e-3),
+                  RewardSettings(train=path, heldout=held), tmp_path / "dpo", device="cpu")
+    assert out["logp_margin_after"] > out["logp_margin_before"]
+    assert out["implicit_reward"]["accuracy"] == 1.0 and out["steps"] == 6
