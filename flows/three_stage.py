@@ -156,7 +156,7 @@ def publish(results: dict, report_dir) -> dict:
         before_after["stage 2 held-out loss"] = (results["sft"]["heldout_loss_before"],
                                                  results["sft"]["heldout_loss_after"])
     if before_after:
-        files["before_after"] = str(plots.before_after(before_after, "value", "Held-out, before vs after",
+        files["before_after"] = str(plots.before_after(before_after, "held-out value", "Held-out, before vs after training",
                                                         report_dir / "before_after.png"))
     files["rm_accuracy"] = str(plots.rm_accuracy(results["reward"], report_dir / "rm_accuracy.png"))
     files["reward_histograms"] = str(plots.reward_histograms(results["reward"], report_dir / "reward_histograms.png"))

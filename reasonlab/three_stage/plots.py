@@ -34,20 +34,18 @@ def loss_curves(stages: dict[str, dict], out: Path | str) -> Path:
 
 
 def before_after(values: dict[str, tuple[float, float]], ylabel: str, title: str, out: Path | str) -> Path:
-    """Grouped bars: {label: (before, after)} (perplexity of stage 1, held-out loss of stage 2)."""
+    """One panel per quantity, before vs after (perplexity of stage 1, held-out loss of stage 2): own scales."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(values), 3.4))
-    labels = list(values)
-    xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], [values[k][0] for k in labels], width=0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [values[k][1] for k in labels], width=0.4, label="after")
-    for x, k in zip(xs, labels):
-        for dx, v in ((-0.2, values[k][0]), (0.2, values[k][1])):
-            ax.annotate(f"{v:.3g}", (x + dx, v), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.4), squeeze=False)
+    for ax, (label, (before, after)) in zip(axes[0], values.items()):
+        ax.bar(["before", "after"], [before, after], color=["tab:blue", "tab:orange"])
+        for x, v in enumerate((before, after)):
+            ax.annotate(f"{v:.4g}", (x, v), ha="center", va="bottom", fontsize=9)
+        low = min(before, after)
+        ax.set_ylim(low * 0.9, max(before, after) * 1.04)  # a zoomed axis: the bars' tops differ, not their size
+        ax.set_title(label)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
