@@ -1,6 +1,7 @@
 """The stage-3 reward model on a fixed HH-RLHF subset, evaluated on held-out pairs (no prompt shared).
 
     python bench/reward_model.py        # SmolLM2-135M-Instruct, CPU, about 10 min alone on 2 cores
+    python bench/reward_model.py PATH   # the same from another start model (e.g. a stage-2 checkpoint folder)
 
 Data: HH-RLHF helpful-base (the official test split, the only full-context human labels offline),
 split by prompt: 20 % of prompts held out; the first 256 training and 200 held-out pairs. Sequences
@@ -11,6 +12,7 @@ Prints key=value lines; the last five are heldout_accuracy, ci_low, ci_high, mar
 
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ SETTINGS = RewardSettings(
 
 
 def main() -> None:
-    model = resolve_model("smollm2-135m-instruct")
+    model = resolve_model(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct")
     start = time.perf_counter()
     out = run_reward_model(model, SETTINGS, Path(tempfile.mkdtemp(prefix="reasonlab-bench-rm-")) / "rm", device="cpu")
     wall = time.perf_counter() - start
