@@ -6,7 +6,8 @@ import sys
 
 import reasonlab
 
-PIPELINES = ["reasonlab.concept_sft", "reasonlab.activations", "reasonlab.retrieval"]
+PIPELINES = ["reasonlab.concept_sft", "reasonlab.activations", "reasonlab.dspy_compile", "reasonlab.retrieval",
+             "reasonlab.three_stage"]
 
 
 def library_modules() -> list[str]:

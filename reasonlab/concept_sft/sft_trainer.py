@@ -21,7 +21,7 @@ VERSION = "1"
 Progress = Callable[[int, int, float | None], None]  # (step, total_steps, last loss)
 
 
-def _progress_callback(progress: Progress):
+def progress_callback(progress: Progress):
     from transformers import TrainerCallback
 
     class ReportProgress(TrainerCallback):
@@ -73,7 +73,7 @@ def run_sft(resolved: ResolvedModel, config: SFTConfig, output_dir: Path | str,
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
             processing_class=tokenizer, peft_config=peft_config,
-            callbacks=[_progress_callback(progress)] if progress else None,
+            callbacks=[progress_callback(progress)] if progress else None,
         )
         trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not stdout dicts
         result = trainer.train()

@@ -1,0 +1,237 @@
+"""Three-stage training on tiny real models: what each stage trains and freezes, the Bradley-Terry loss
+going down, one clear error per bad input, and a flow rerun that retrains only the reward model."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from reasonlab.errors import ReasonlabError
+from reasonlab.models import resolve_model
+from reasonlab.three_stage import metrics, preferences
+from reasonlab.three_stage.config import PretrainSettings, SFTPairSettings
+from reasonlab.three_stage.corpus import load_corpus, pack
+from reasonlab.three_stage.pretrain import run_pretrain
+from reasonlab.three_stage.reward_config import RewardSettings
+from reasonlab.three_stage.reward_model import run_reward_model
+from reasonlab.three_stage.sft_pairs import run_sft_pairs
+from tasks.run_info import flow_run_summary
+
+CORPUS = "data/three_stage/pharma_pretrain.jsonl"
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if k in after and not torch.equal(before[k], after[k])}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# ---------------------------------------------------------------- pure metrics
+
+def test_metrics_ties_are_wrong_and_intervals_are_sane():
+    assert metrics.preference_accuracy([1, 2, 3, 0], [0, 2, 4, -1]) == 0.5  # the tie (2, 2) is wrong
+    assert metrics.mean_margin([1, 2], [0, 0]) == 1.5
+    lo, hi = metrics.wilson_interval(60, 100)
+    assert 0.50 < lo < 0.51 and 0.69 < hi < 0.70  # the textbook Wilson interval for 60/100
+    assert metrics.wilson_interval(0, 10)[0] == 0.0
+    b_lo, b_hi = metrics.bootstrap_interval([0.0, 1.0] * 50)
+    assert b_lo < 0.5 < b_hi
+    assert metrics.perplexity(0.0, 5) == 1.0
+    assert abs(metrics.bradley_terry_loss([0.0], [0.0]) - 0.6931) < 1e-3
+
+
+# ---------------------------------------------------------------- bad input, one clear error each
+
+def test_preference_rows_missing_a_side_are_one_error(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"},
+                                              {"prompt": "b", "chosen": "x"}, {"prompt": "c", "rejected": "y"}])
+    with pytest.raises(ReasonlabError, match=r"2 of 3 preference rows lack 'chosen' or 'rejected'.*row 2 \(rejected\), "
+                                             r"row 3 \(chosen\)"):
+        preferences.load_preferences(path)
+
+
+def test_identical_pairs_are_skipped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "same", "rejected": "same "},
+                                              {"prompt": "b", "chosen": "good", "rejected": "bad"}])
+    pairs, report = preferences.load_preferences(path)
+    assert len(pairs) == 1 and report["identical_skipped"] == 1 and report["identical_rows"] == [1]
+
+
+def test_a_max_length_that_drops_most_pairs_is_refused_and_keep_end_keeps_the_reply(stories_path):
+    from reasonlab.models import load_tokenizer
+
+    tok = load_tokenizer(resolve_model(str(stories_path)))
+    long_prompt = "\n\nHuman: " + "Once upon a time there was a little dog. " * 20 + "\n\nAssistant:"
+    pairs = [preferences.Pair(long_prompt, " The end was happy.", " The end was sad.")] * 4
+    with pytest.raises(ReasonlabError, match=r"max_length=32 would drop 4 of 4 pairs \(TRL drops over-long pairs "
+                                             r"silently\)"):
+        preferences.tokenize_pairs(tok, pairs, 32, use_chat_template=False, truncation="drop")
+    rows, report = preferences.tokenize_pairs(tok, pairs, 32, use_chat_template=False)
+    assert report["over_length"] == 4 and report["kept"] == 4
+    assert all(len(r["chosen_ids"]) == 32 and r["chosen_ids"] != r["rejected_ids"] for r in rows)
+    assert tok.decode(rows[0]["chosen_ids"]).rstrip().endswith(("happy.", "happy.</s>"))
+
+
+def test_split_keeps_every_prompt_on_one_side_and_dedupe_drops_shared_training_prompts():
+    pairs, _ = preferences.load_preferences("pharma")
+    doubled = pairs + [preferences.Pair(p.prompt, p.chosen + " Check.", p.rejected) for p in pairs]
+    train, held, _ = preferences.split_by_prompt(doubled, 0.3, seed=1)
+    assert train and held and not {p.prompt for p in train} & {p.prompt for p in held}
+    kept, report = preferences.dedupe_across(doubled, held)
+    assert report["train_dropped_shared_prompt"] == len(doubled) - len(kept) > 0
+
+
+def test_empty_corpus_is_one_error(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n\n   \n\n")
+    with pytest.raises(ReasonlabError, match="corpus .* is empty: 0 training and 0 held-out documents"):
+        load_corpus(str(tmp_path / "blank.txt"))
+
+
+def test_hh_transcripts_become_chat_turns():
+    msgs = preferences.to_messages("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant:", " Fine.")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"] and msgs[-1]["content"] == "Fine."
+
+
+# ---------------------------------------------------------------- what each stage trains and freezes
+
+def test_pretrain_from_scratch_and_lora_continue(tiny_models, tmp_path):
+    llama = tiny_models["llama"]
+    corpus = load_corpus(CORPUS, heldout_fraction=0.2)
+    assert corpus.train and corpus.heldout and not set(corpus.train) & set(corpus.heldout)
+    scratch = run_pretrain(resolve_model(str(llama)), PretrainSettings(
+        init="scratch", corpus=CORPUS, block_size=16, max_train_blocks=8, max_eval_blocks=2, epochs=2,
+        learning_rate=3e-3, batch_size=4), tmp_path / "scratch", device="cpu")
+    assert scratch["perplexity_after"] < scratch["perplexity_before"]
+    lora = run_pretrain(resolve_model(str(llama)), PretrainSettings(
+        corpus=CORPUS, block_size=16, max_train_blocks=8, max_eval_blocks=2, learning_rate=1e-2, batch_size=4,
+        lora=LORA), tmp_path / "lora", device="cpu")
+    moved = changed(weights(llama), weights(tmp_path / "lora"))
+    assert moved and all("q_proj" in k or "v_proj" in k for k in moved)
+    assert lora["trainable_params"] < lora["total_params"] / 10
+
+
+def test_sft_pairs_full_and_lora(tiny_models, tmp_path):
+    llama = tiny_models["llama"]
+    settings = dict(sets=["pharma"], max_length=96, batch_size=2, epochs=2)
+    full = run_sft_pairs(resolve_model(str(llama)), SFTPairSettings(learning_rate=1e-3, **settings),
+                         tmp_path / "full", device="cpu")
+    assert full["data"]["pharma"] == {"train": 4, "heldout": 1}
+    assert full["heldout_loss_after"] != full["heldout_loss_before"]
+    moved = changed(weights(llama), weights(tmp_path / "full"))
+    assert any("mlp" in k for k in moved) and any("embed" in k for k in moved)
+    run_sft_pairs(resolve_model(str(llama)), SFTPairSettings(learning_rate=1e-2, lora=LORA, **settings),
+                  tmp_path / "lora", device="cpu")
+    moved = changed(weights(llama), weights(tmp_path / "lora"))
+    assert moved and all("q_proj" in k or "v_proj" in k for k in moved)
+
+
+def _rm(tiny_models, tmp_path, name, **extra):
+    settings = RewardSettings(train="pharma", heldout_fraction=0.25, max_length=64, batch_size=4, epochs=1,
+                              eval_every=2, **extra)
+    return run_reward_model(resolve_model(str(tiny_models["llama"])), settings, tmp_path / name, device="cpu")
+
+
+def test_reward_model_lora_trains_adapters_and_head_only(tiny_models, tmp_path):
+    out = _rm(tiny_models, tmp_path, "lora", learning_rate=1e-2, lora=LORA)
+    before, after = weights(tiny_models["llama"]), weights(tmp_path / "lora")
+    assert "score.weight" in after and "lm_head.weight" not in after
+    moved = changed({f"model.{k[len('model.'):]}" if k.startswith("model.") else k: v for k, v in before.items()}, after)
+    assert moved and all("q_proj" in k or "v_proj" in k for k in moved)
+    config = json.loads((tmp_path / "lora" / "config.json").read_text())
+    assert config["pad_token_id"] == out["pad_token_id"] is not None and len(config["id2label"]) == 1
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert out["evaluations"][0]["step"] == 0 and out["evaluations"][-1]["step"] == out["steps"]
+    assert len(out["rewards"]["chosen"]) == out["heldout"]["n"] == out["data"]["heldout_pairs"]
+
+
+def test_reward_model_full_with_frozen_lower_blocks(tiny_models, tmp_path):
+    out = _rm(tiny_models, tmp_path, "full", learning_rate=1e-3, freeze_below=1)
+    before, after = weights(tiny_models["llama"]), weights(tmp_path / "full")
+    moved = changed(before, after)
+    assert moved and all(k.startswith("model.layers.1.") or k == "model.norm.weight" for k in moved), moved
+    assert out["trainable_params"] < out["total_params"]
+
+
+def test_bradley_terry_loss_decreases_on_a_separable_toy_set(tiny_models, tmp_path):
+    rows = [{"prompt": f"Story {i}:", "chosen": " The dog was happy and kind.", "rejected": " The dog was sad."}
+            for i in range(16)]
+    path = write_jsonl(tmp_path / "toy.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", [dict(r, prompt=f"Tale {i}:") for i, r in enumerate(rows[:4])])
+    out = run_reward_model(resolve_model(str(tiny_models["llama"])), RewardSettings(
+        train=path, heldout=held, max_length=48, batch_size=8, epochs=6, learning_rate=3e-3,
+        center_rewards_coefficient=None, eval_every=100, warmup_ratio=0.0), tmp_path / "toy", device="cpu")
+    losses = [r["loss"] for r in out["train_losses"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert out["heldout"]["accuracy"] == 1.0 and out["heldout"]["margin"] > 0
+
+
+# ---------------------------------------------------------------- the flow: stages chained, only stage 3 reruns
+
+def test_flow_rerun_with_new_reward_settings_retrains_only_stage_3(tiny_models, tmp_path):
+    from flows.three_stage import three_stage
+
+    config = tmp_path / "three_stage.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_models["llama"]), "device": "cpu", "compare_order": True,
+        "pretrain": {"corpus": CORPUS, "heldout_fraction": 0.2, "block_size": 16, "max_train_blocks": 4,
+                     "max_eval_blocks": 2, "batch_size": 4, "learning_rate": 1e-3},
+        "sft": {"sets": ["pharma"], "max_length": 96, "batch_size": 4, "learning_rate": 1e-3},
+        "reward": {"train": "pharma", "heldout_fraction": 0.25, "max_length": 64, "batch_size": 4,
+                   "learning_rate": 1e-3, "eval_every": 2}}))
+    first = three_stage(config=str(config), return_state=True)
+    out = first.result()
+    states, artifacts = flow_run_summary(first.state_details.flow_run_id)
+    assert sorted(states.values()) == ["Completed"] * 4, states
+    assert {"three-stage-reward", "three-stage-report", "pretrain-progress", "sft-progress"} <= artifacts
+    assert set(out["reward"]) == {"staged", "base"}
+    for png in out["files"].values():
+        assert open(png, "rb").read(4) == b"\x89PNG"
+
+    second = three_stage(config=str(config), overrides={"reward.learning_rate": 2e-3}, return_state=True)
+    second.result()
+    states, _ = flow_run_summary(second.state_details.flow_run_id)
+    by_task = {}
+    for name, state in states.items():
+        by_task.setdefault(name.rsplit("-", 1)[0], []).append(state)
+    assert by_task == {"pretrain": ["Cached"], "sft-pairs": ["Cached"], "reward-model": ["Completed", "Completed"]}
+
+
+def test_flow_bad_input_fails_before_any_model_work(tiny_models, tmp_path):
+    from flows.three_stage import three_stage
+    from reasonlab import models
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_models["llama"]), "reward": {"train": "pharma", "lr": 1}}))
+    with pytest.raises(ReasonlabError, match="unknown field 'reward.lr'"):
+        three_stage(config=str(config))
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])
+    config.write_text(yaml.safe_dump({"model": str(tiny_models["llama"]), "sft": {"sets": ["pharma"]},
+                                      "pretrain": {"corpus": CORPUS}, "reward": {"train": bad}}))
+    forwards = models.forward_passes()
+    with pytest.raises(ReasonlabError, match="1 of 1 preference rows lack"):
+        three_stage(config=str(config))
+    assert models.forward_passes() == forwards
+
+
+def test_dpo_widens_the_heldout_logprob_margin(tiny_models, tmp_path):
+    from reasonlab.three_stage.config import DPOSettings
+    from reasonlab.three_stage.dpo import run_dpo
+
+    rows = [{"prompt": f"Story {i}:", "chosen": "The dog was happy.", "rejected": "The dog was sad."} for i in range(8)]
+    path = write_jsonl(tmp_path / "toy.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", [dict(r, prompt=f"Tale {i}:") for i, r in enumerate(rows[:2])])
+    out = run_dpo(resolve_model(str(tiny_models["llama"])),
+                  DPOSettings(enabled=True, max_length=48, batch_size=4, epochs=3, learning_rate=1e-3),
+                  RewardSettings(train=path, heldout=held), tmp_path / "dpo", device="cpu")
+    assert out["logp_margin_after"] > out["logp_margin_before"]
+    assert out["implicit_reward"]["accuracy"] == 1.0 and out["steps"] == 6
