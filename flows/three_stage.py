@@ -28,6 +28,7 @@ from reasonlab.three_stage.config import ThreeStageConfig, load_config, parse_co
 from reasonlab.three_stage.corpus import load_corpus
 from reasonlab.three_stage.reward_model import prepare_pairs
 from reasonlab.three_stage.sft_pairs import load_sft_pairs
+from tasks.artifacts import image_markdown, publish_run_folder
 from tasks import three_stage as stages
 
 DEFAULT_CONFIG = "configs/three_stage_default.yaml"
@@ -172,7 +173,8 @@ def publish(results: dict, report_dir) -> dict:
         [{"reward model from": k, **e} for k, r in results["reward"].items() for e in r["evaluations"]],
         key="three-stage-rm-evaluations", description="Stage 3: held-out metrics per evaluation")
     create_markdown_artifact(summary_markdown(results) + "\n" + "\n".join(
-        f"![{name}]({path})\n\n`{path}`\n" for name, path in files.items()), key="three-stage-report")
+        f"{image_markdown(path, name)}\n\n`{path}`\n" for name, path in files.items()), key="three-stage-report")
+    publish_run_folder(report_dir, key="three-stage-report-folder", description="Plots and metrics of this run")
     return files
 
 
