@@ -49,6 +49,22 @@ def write_json(dest: Path | str, obj: Any) -> Path:
     return write_text(dest, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def parse_jsonl(text: str, where: Path | str) -> list[Any]:
+    """One JSON value per non-blank line; a bad line is one error naming the file and the line."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ReasonlabError(f"{where}: line {n} is not JSON ({e.msg})") from None
+    return rows
+
+
+def read_jsonl(path: Path | str) -> list[Any]:
+    return parse_jsonl(Path(path).read_text(encoding="utf-8"), path)
+
+
 def write_parquet(dest: Path | str, rows: list[dict]) -> Path:
     import pandas as pd
 

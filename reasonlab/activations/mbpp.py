@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import read_jsonl
 from reasonlab.paths import shared_data_dir
 
 SPLITS = ("sae", "hyperparams", "validation")
@@ -105,14 +106,7 @@ def _read_rows(path: Path) -> list[dict]:
 
         return pd.read_parquet(path).to_dict("records")
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ReasonlabError(f"{path}: invalid JSON on line {n}: {e.msg}") from None
-        return rows
+        return read_jsonl(path)
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, list) else data.get("rows", [])

@@ -17,7 +17,7 @@ from typing import Any
 
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import read_structured
+from reasonlab.io import read_jsonl, read_structured
 
 LETTERS = "ABCDEFGH"
 SEED_FILE = "data/retrieval_seed_questions.yaml"
@@ -80,14 +80,7 @@ def normalize(row: dict[str, Any], where: str, source: str = "") -> dict[str, An
 
 def _rows_from_file(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ReasonlabError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-        return rows
+        return read_jsonl(path)
     data = read_structured(path)
     if isinstance(data, dict) and isinstance(data.get("questions"), list):
         data = data["questions"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import read_jsonl
 from reasonlab.paths import find_input, shared_data_dir
 
 PUBMEDQA = "pubmedqa"  # alias: shared/data/pubmedqa contexts (+ long answers), held-out = the test ids
@@ -68,13 +69,7 @@ def _read_texts(path: Path, text_field: str) -> list[str]:
     if path.suffix in (".txt", ".md"):  # documents separated by blank lines
         return [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ReasonlabError(f"{path}: line {n} is not JSON ({e.msg})") from None
+        rows = read_jsonl(path)
     elif path.suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
         rows = list(rows.values()) if isinstance(rows, dict) else rows

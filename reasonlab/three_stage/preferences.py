@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import parse_jsonl
 from reasonlab.paths import find_input, project_root, shared_data_dir
 
 HH = "\n\nHuman:"
@@ -60,14 +61,7 @@ def _read_rows(path: Path) -> list:
     with opener(path, "rt", encoding="utf-8") as f:
         text = f.read()
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ReasonlabError(f"{path}: line {n} is not JSON ({e.msg})") from None
-        return rows
+        return parse_jsonl(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
