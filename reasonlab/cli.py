@@ -10,9 +10,7 @@ import argparse
 import sys
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.models import resolve_model
-from reasonlab.models import is_materialized, materialized_path
-from reasonlab.models import DEFAULT_MODEL, REGISTRY
+from reasonlab.models import DEFAULT_MODEL, REGISTRY, is_materialized, materialized_path, resolve_model
 
 
 def models_list() -> None:

@@ -7,9 +7,8 @@ import torch
 
 from reasonlab import models
 from reasonlab.errors import ReasonlabError
-from reasonlab.models import load_model, pick_device, pick_dtype, resolve_model
-from reasonlab.models import materialize
-from reasonlab.models import ModelSpec, OfflineSource, WheelPart
+from reasonlab.models import (ModelSpec, OfflineSource, WheelPart, load_model, materialize, pick_device, pick_dtype,
+                              resolve_model)
 from tasks.conventions import plain
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from reasonlab.io import atomic_path, tree_fingerprint, write_json
-from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
-from reasonlab.models import MANIFEST
+from reasonlab.models import MANIFEST, ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.prompt_format import build_training_text
 from reasonlab.concept_sft.sft_config import SFTConfig
 
