@@ -176,15 +176,22 @@ def load_tokenizer(resolved: ResolvedModel):
     return tokenizer
 
 
-def load_fresh(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", train: bool = False):
-    """Load a new (uncached) model + tokenizer: for training, which mutates the weights."""
-    from transformers import AutoModelForCausalLM
+def load_fresh(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", train: bool = False,
+               num_labels: int | None = None):
+    """Load a new (uncached) model + tokenizer: for training, which mutates the weights.
+
+    `num_labels`: a sequence-classification head with that many outputs on the same weights (a reward
+    model) instead of the causal-LM head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"revision": resolved.revision} if resolved.revision else {}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
     tokenizer = load_tokenizer(resolved)
-    model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs).to(dev)
+    model = auto.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs).to(dev)
     model.train(train)
     model.register_forward_pre_hook(_count_forward, with_kwargs=True)
     return model, tokenizer

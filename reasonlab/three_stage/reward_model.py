@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.models import ResolvedModel, load_tokenizer, pick_device, pick_dtype
+from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
 from reasonlab.three_stage.checkpoint import (Progress, count_trainable, progress_callback, save_checkpoint,
                                               trainer_kwargs)
@@ -59,23 +59,21 @@ def tokenizer_with_pad(start: ResolvedModel):
     return tokenizer
 
 
-def load_reward_model(source: str, pad_token_id: int, dtype, device: str, num_labels: int = 1):
-    """A sequence-classification model over `source` with a one-output head and the pad token set."""
+def load_reward_model(start: ResolvedModel, pad_token_id: int, device: str, dtype: str, num_labels: int = 1):
+    """The project's loader with a `num_labels`-output sequence-classification head, and the pad token set."""
     import logging
-
-    from transformers import AutoModelForSequenceClassification
 
     quiet = logging.getLogger("transformers.modeling_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "score.weight newly initialized": expected for a new head
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, dtype=dtype)
+        model, _ = load_fresh(start, device, dtype, train=True, num_labels=num_labels)
     finally:
         quiet.setLevel(level)
     model.config.pad_token_id = pad_token_id
     if getattr(model.config, "get_text_config", None):
         model.config.get_text_config().pad_token_id = pad_token_id
-    return model.to(device)
+    return model
 
 
 def freeze_lower(model, freeze_below: int) -> None:
@@ -140,7 +138,7 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     torch.manual_seed(settings.seed)
-    model = load_reward_model(start.source, tokenizer.pad_token_id, torch_dtype, dev)
+    model = load_reward_model(start, tokenizer.pad_token_id, device, dtype)
     freeze_lower(model, 0 if settings.lora else settings.freeze_below)
     peft_config = None
     if settings.lora:
