@@ -75,7 +75,8 @@ def dspy_compile(
         demos: hand-picked demos for "manual" (JSON/YAML list); default data/dspy_demos_<task>.json.
         adapter: chat or json (DSPy's output format; small models break it: parse failures are counted).
         temperature, max_tokens: sampling, explicit for every LM.
-        num_threads: DSPy's num_threads for evaluation.
+        num_threads: DSPy's num_threads for evaluation and the optimizers' candidate scoring (an offline
+            model batches the concurrent requests: see LocalEngine).
         retriever, k, hops: HotPotQA: None (all 10 paragraphs) or bm25 over them, top k per hop.
         optimizer_options: {approach: {option: value}} over the defaults (e.g. num_candidate_programs).
         usd_per_hour: price of an hour of local compute (0: local cost is compute seconds).
@@ -130,7 +131,7 @@ def dspy_compile(
                                           str(prog_dir / f"{spec.label}-{cfg['approach']}-{key}.json"),
                                           demos=demo_rows if cfg["approach"] == "manual" else None,
                                           teacher=teacher_spec.to_dict() if teacher_spec else None,
-                                          adapter=adapter, seed=seed)
+                                          adapter=adapter, seed=seed, num_threads=num_threads)
         eval_spec = {**program_spec, "cot": optimizers.APPROACHES[cfg["approach"]]["cot"]}
         evaluated = stages.evaluate_program(eval_spec, compiled["program_file"], compiled["program_sha256"],
                                             spec.to_dict(), splits["test"],

@@ -232,3 +232,23 @@ def test_miprov2_light_wiring(stories_chat, tmp_path, monkeypatch):
     assert info["compile_usage"]["lm_calls"] >= 2
     assert instructions in ("Solve the problem step by step and give the final number.",
                             programs.MathQA.__doc__.strip())
+
+
+def test_engine_batches_concurrent_requests_with_the_same_answers(stories_chat):
+    """num_threads=4 without DSPy's cache: the engine runs waiting requests as one left-padded generate, and
+    every example's answer, reasoning and token counts equal the one-at-a-time run's."""
+    spec = lms.local_spec(str(stories_chat), max_tokens=16)
+    rows = data.load_splits("gsm8k", 0, 0, 8, seed=13)["test"]
+    program = programs.build_program({"task": "gsm8k", "cot": True})
+    lm = lms.build_lm(spec).copy(cache=False)
+    engine = lms._engine_for(spec)
+    before = len(engine.batch_sizes)
+    one_by_one = evaluate.evaluate_program(program, rows, "gsm8k", lm, num_threads=1)
+    sequential_batches = engine.batch_sizes[before:]
+    threaded = evaluate.evaluate_program(program, rows, "gsm8k", lm, num_threads=4)
+    threaded_batches = engine.batch_sizes[before + len(sequential_batches):]
+    assert set(sequential_batches) == {1} and len(sequential_batches) == len(rows)
+    assert max(threaded_batches) > 1 and sum(threaded_batches) == len(rows)
+    fields = ("answer", "reasoning", "status", "prompt_tokens", "completion_tokens")
+    assert [[r[f] for f in fields] for r in threaded] == [[r[f] for f in fields] for r in one_by_one]
+    assert all(r["completion_tokens"] > 0 for r in threaded)

@@ -8,8 +8,8 @@ An LM is described by plain data (an `LMSpec`), which is what cache keys and res
     lm = build_lm(spec)               # dspy.LM("openai/gpt-4o", api_base=..., api_key=...)
 
 Offline models run in-process through DSPy's engine extension point (`dspy.LM(engine=...)`, DSPy 3.4):
-`LocalEngine.complete(Request) -> Response` over the project's one model loader, serialised by a lock
-(thread-safe under DSPy's `num_threads`), with usage (prompt / completion tokens) counted by the
+`LocalEngine.complete(Request) -> Response` over the project's one model loader, thread-safe under DSPy's
+`num_threads` through a batching queue (concurrent greedy requests become one batched generate), with usage (prompt / completion tokens) counted by the
 tokenizer and the compute seconds of each generation recorded in the response. DSPy's cache key
 ignores `api_base`, so the weights fingerprint is part of the model name: two checkpoints never share
 cache entries. The temperature is always explicit. DSPy's disk cache lives under $REASONLAB_HOME/dspy_cache.
@@ -18,11 +18,12 @@ cache entries. The temperature is always explicit. DSPy's disk cache lives under
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm would fetch a price list at import
@@ -137,17 +138,49 @@ def generations() -> int:
     return _GENERATIONS
 
 
-class LocalEngine:
-    """DSPy engine over the project's model loader: one generation at a time (a lock), greedy at temperature 0."""
+@dataclass
+class _Job:
+    """One request waiting for the batcher: its messages and sampling settings, then its result."""
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "auto"):
+    messages: list[dict]
+    temperature: float
+    max_new: int
+    stops: tuple[str, ...]
+    top_p: float
+    seed: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple | None = None  # (text, finish, input_tokens, output_tokens, compute_s, batch_size)
+    error: BaseException | None = None
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """Greedy requests with the same settings share a batch; a sampled one runs alone (its own seed)."""
+        return None if self.temperature > 0 else (self.max_new, self.stops)
+
+
+class LocalEngine:
+    """DSPy engine over the project's model loader, thread-safe through a batching queue.
+
+    Every `complete` call (from DSPy's `num_threads` workers) enqueues its request and waits; one worker thread
+    takes what is waiting (up to `max_batch`, gathering for `window_s` after the first), and runs the greedy
+    requests with the same settings as ONE left-padded `generate`. Decoding is memory-bound on small models,
+    so a batch of b costs far less than b single generations. Sampled requests (temperature > 0) run alone.
+    Each request's compute seconds are its share of its batch's wall time."""
+
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "auto", max_batch: int = 8,
+                 window_s: float = 0.02):
         self.model, self.device, self.dtype = model, device, dtype
-        self._lock = threading.Lock()
+        self.max_batch, self.window_s = max(1, int(max_batch)), window_s
+        self._queue: queue.Queue[_Job] = queue.Queue()
+        self._start_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         self._loaded = None
+        self.batch_sizes: list[int] = []  # every batch run (the benchmark reads it)
 
     # DSPy saves an LM's engine with the program when asked to; the state is plain data
     def dump_state(self) -> dict:
-        return {"model": self.model, "device": self.device, "dtype": self.dtype}
+        return {"model": self.model, "device": self.device, "dtype": self.dtype, "max_batch": self.max_batch,
+                "window_s": self.window_s}
 
     @classmethod
     def load_state(cls, state: dict) -> "LocalEngine":
@@ -173,49 +206,100 @@ class LocalEngine:
         return out
 
     def complete(self, request):
-        global _GENERATIONS
-        import torch
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         cfg = request.config
-        temperature = 0.0 if cfg.temperature is None else float(cfg.temperature)
-        max_new = int(cfg.max_tokens or 256)
-        stops = tuple(cfg.stop or ()) + (STOP,)
-        with self._lock:
-            model, tokenizer = self._load()
-            messages = self._messages(request)
-            if getattr(tokenizer, "chat_template", None):
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True)["input_ids"]
-            else:  # a base model: the turns as plain text
-                text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
-                ids = tokenizer(text, return_tensors="pt")["input_ids"]
-            ids = ids.to(model.device)
-            gen = dict(max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                       stop_strings=list(stops), tokenizer=tokenizer)
-            if temperature > 0:
-                gen.update(do_sample=True, temperature=temperature, top_p=cfg.top_p or 1.0)
-                if cfg.seed is not None:
-                    torch.manual_seed(int(cfg.seed))
-            else:
-                gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            started = time.perf_counter()
-            with torch.inference_mode():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), **gen)
-            compute_s = time.perf_counter() - started
-            new = out[0, ids.shape[1]:]
-            text = tokenizer.decode(new, skip_special_tokens=True)
-            with _LEDGER_LOCK:
-                _GENERATIONS += 1
-        finish = "stop"
-        if any(s in text for s in stops):
-            cut = min(text.index(s) + (len(s) if s == STOP else 0) for s in stops if s in text)
-            text = text[:cut]
-        elif len(new) >= max_new:
-            finish = "length"
+        job = _Job(messages=self._messages(request),
+                   temperature=0.0 if cfg.temperature is None else float(cfg.temperature),
+                   max_new=int(cfg.max_tokens or 256), stops=tuple(cfg.stop or ()) + (STOP,),
+                   top_p=float(cfg.top_p or 1.0), seed=None if cfg.seed is None else int(cfg.seed))
+        self._ensure_worker()
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        text, finish, n_in, n_out, compute_s, batch = job.result
         return Response(id=None, model=self.model, message=Message.assistant([TextPart(text)]), finish_reason=finish,
-                        usage=Usage(input_tokens=int(ids.shape[1]), output_tokens=int(len(new))),
-                        provider_data={"compute_s": round(compute_s, 4)})
+                        usage=Usage(input_tokens=n_in, output_tokens=n_out),
+                        provider_data={"compute_s": round(compute_s, 4), "batch_size": batch})
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name=f"engine-{self.model}", daemon=True)
+                self._worker.start()
+
+    def _serve(self) -> None:
+        while True:
+            waiting = [self._queue.get()]
+            deadline = time.monotonic() + self.window_s
+            while len(waiting) < self.max_batch:
+                try:
+                    waiting.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            groups: dict[Any, list[_Job]] = {}
+            for job in waiting:
+                key = job.batch_key
+                groups.setdefault(key if key is not None else id(job), []).append(job)
+            for jobs in groups.values():
+                try:
+                    self._generate(jobs)
+                except BaseException as e:  # every waiting caller gets the error, the worker lives on
+                    for job in jobs:
+                        job.error = e
+                finally:
+                    for job in jobs:
+                        job.done.set()
+
+    def _prompt_ids(self, tokenizer, messages: list[dict]) -> list[int]:
+        if getattr(tokenizer, "chat_template", None):
+            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"])
+        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+        return list(tokenizer(text)["input_ids"])  # a base model: the turns as plain text
+
+    def _generate(self, jobs: list[_Job]) -> None:
+        """One left-padded greedy generate for the jobs (or one sampled job), results into each job."""
+        global _GENERATIONS
+        import torch
+
+        model, tokenizer = self._load()
+        first = jobs[0]
+        prompts = [self._prompt_ids(tokenizer, job.messages) for job in jobs]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token comes at the same column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        gen = dict(max_new_tokens=first.max_new, pad_token_id=pad, stop_strings=list(first.stops), tokenizer=tokenizer)
+        if first.temperature > 0:
+            gen.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+        else:
+            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **gen)
+        share = (time.perf_counter() - started) / len(jobs)
+        self.batch_sizes.append(len(jobs))
+        for i, job in enumerate(jobs):
+            new = out[i, width:].tolist()
+            while new and new[-1] == pad:  # a row that finished early is padded to the batch's length
+                new.pop()
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            finish = "stop"
+            if any(s in text for s in job.stops):
+                cut = min(text.index(s) + (len(s) if s == STOP else 0) for s in job.stops if s in text)
+                text = text[:cut]
+            elif len(new) >= job.max_new:
+                finish = "length"
+            job.result = (text, finish, len(prompts[i]), len(new), share, len(jobs))
+        with _LEDGER_LOCK:
+            _GENERATIONS += len(jobs)
 
     def close(self) -> None:
         pass
