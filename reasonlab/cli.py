@@ -2,6 +2,7 @@
 
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
+    reasonlab library generate nephrology --output my_library.yaml   # LLM-written entries (REASONLAB_LLM_* env)
 """
 
 from __future__ import annotations
@@ -26,6 +27,35 @@ def models_setup(names: list[str], source: str) -> None:
         print(f"{name}: {resolved.source} ({resolved.fingerprint})")
 
 
+def library_generate(domains: list[str], library: str, output: str, hints: list[str], attempts: int) -> None:
+    """New instruction-library entries from the endpoint in REASONLAB_LLM_* env vars, checked, written atomically."""
+    from reasonlab import paths
+    from reasonlab.io import write_json, write_text
+    from reasonlab.llm_client import LLMClient, endpoint_from_env
+    from reasonlab.retrieval.library import load_library, validate_library
+    from reasonlab.retrieval.library_generation import generate_entry, library_yaml
+
+    hint_of = {}
+    for h in hints:
+        if "=" not in h:
+            raise ReasonlabError(f"--hint {h!r}: use DOMAIN=text")
+        domain, text = h.split("=", 1)
+        hint_of[domain.strip()] = text.strip()
+    lib = load_library(paths.find_input(library))
+    client = LLMClient(endpoint_from_env().validate())
+    provenance = []
+    for domain in domains:
+        entry, record = generate_entry(client, domain, lib, hint_of.get(domain, ""), attempts=attempts)
+        lib = {**lib, domain: entry}
+        provenance.append(record)
+        print(f"{domain}: accepted after {record['attempts']} attempt(s), {len(entry['knowledge'])} facts, "
+              f"{len(entry['reasoning'])} steps")
+    validate_library(lib, where=output)
+    out = write_text(output, library_yaml(lib))
+    write_json(out.with_name(out.stem + ".generated.json"), {"entries": provenance, "usage": client.usage_summary()})
+    print(f"wrote {out} ({len(lib)} domains)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reasonlab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,9 +64,18 @@ def main(argv: list[str] | None = None) -> None:
     setup = models.add_parser("setup", help="make models available offline (default: the default model)")
     setup.add_argument("names", nargs="*")
     setup.add_argument("--source", default="offline", choices=["auto", "hub", "offline", "local"])
+    library = sub.add_parser("library", help="the instruction library").add_subparsers(dest="action", required=True)
+    gen = library.add_parser("generate", help="LLM-written entries for new domains (endpoint: REASONLAB_LLM_* env)")
+    gen.add_argument("domains", nargs="+")
+    gen.add_argument("--library", default="data/instruction_library.yaml")
+    gen.add_argument("--output", required=True, help="the new library file (the old entries + the new ones)")
+    gen.add_argument("--hint", action="append", default=[], help="DOMAIN=what it covers (repeatable)")
+    gen.add_argument("--attempts", type=int, default=3)
     args = parser.parse_args(argv)
     try:
-        if args.action == "list":
+        if args.command == "library":
+            library_generate(args.domains, args.library, args.output, args.hint, args.attempts)
+        elif args.action == "list":
             models_list()
         else:
             models_setup(args.names, args.source)

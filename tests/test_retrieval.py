@@ -263,3 +263,67 @@ def test_flow_bad_inputs_fail_before_any_model_work(flow_inputs, tmp_path, stori
         instruction_retrieval(questions=[str(bad_q)], library=flow_inputs["library"], top_k=2,
                               models=[str(stories_path)])
     assert forward_passes() == before
+
+
+# --- LLM-written library entries (a real loopback OpenAI-compatible server, the real CLI in a subprocess) -----
+
+GOOD_ENTRY = {"description": "The eye and vision: red eye, acute vision loss, glaucoma, retina.",
+              "knowledge": ["Acute angle-closure glaucoma: painful red eye, halos, fixed mid-dilated pupil.",
+                            "Central retinal artery occlusion: sudden painless loss of vision, cherry-red spot.",
+                            "Diabetic retinopathy is screened yearly with a dilated fundus examination."],
+              "reasoning": ["Separate painful from painless and sudden from gradual vision loss.",
+                            "Check pupils, intraocular pressure and the fundus.",
+                            "Treat sight-threatening causes first."]}
+
+
+def _cli(tmp_path, base_url, *args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REASONLAB_LLM_BASE_URL": base_url, "REASONLAB_LLM_MODEL": "writer",
+           "REASONLAB_LLM_API_KEY_ENV": "WRITER_KEY", "WRITER_KEY": "sk-secret-do-not-log"}
+    return subprocess.run([sys.executable, "-m", "reasonlab.cli", "library", "generate", *args], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=paths.project_root())
+
+
+def test_llm_library_entry_is_checked_reasked_and_written_atomically(tmp_path):
+    from loopback_llm import ScriptedLLM
+
+    bad = {**GOOD_ENTRY, "reasoning": ["Pick the answer is B when unsure.", "Then stop."]}
+    out = tmp_path / "lib.yaml"
+    with ScriptedLLM([("ok", "Sure! " + json.dumps(bad)), ("ok", "```json\n" + json.dumps(GOOD_ENTRY) + "\n```")]) as srv:
+        proc = _cli(tmp_path, srv.base_url, "ophthalmology", "--output", str(out), "--hint", "ophthalmology=the eye")
+        asked = [r["body"]["messages"][-1]["content"] for r in srv.requests]
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "accepted after 2 attempt(s)" in proc.stdout
+    assert "the eye" in asked[0] and "refers to an answer option" in asked[1]  # the broken rule is named on re-ask
+    lib = load_library(out)
+    base = load_library(paths.find_input(DEFAULT_LIBRARY))
+    assert list(lib) == [*base, "ophthalmology"] and lib["ophthalmology"]["knowledge"] == GOOD_ENTRY["knowledge"]
+    provenance = (tmp_path / "lib.generated.json").read_text()
+    assert '"attempts": 2' in provenance and "sk-secret" not in provenance + proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("reply, rule", [
+    (json.dumps({**GOOD_ENTRY, "knowledge": ["Only one fact."]}), "knowledge has 1 items"),
+    ("I'm sorry, I can't help with that.", "refusal"),
+    ("no json here", "no JSON object"),
+])
+def test_llm_library_entry_rejected_every_time_is_one_clear_error(tmp_path, reply, rule):
+    from loopback_llm import ScriptedLLM
+
+    with ScriptedLLM([("ok", reply)]) as srv:
+        proc = _cli(tmp_path, srv.base_url, "ophthalmology", "--output", str(tmp_path / "x.yaml"), "--attempts", "2")
+        assert srv.posts() == 2
+    assert proc.returncode != 0 and "rejected 2 times" in proc.stderr and rule in proc.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_llm_library_entry_for_an_existing_domain_is_refused_before_any_call(tmp_path):
+    from loopback_llm import ScriptedLLM
+
+    with ScriptedLLM([("ok", json.dumps(GOOD_ENTRY))]) as srv:
+        proc = _cli(tmp_path, srv.base_url, "nephrology", "--output", str(tmp_path / "x.yaml"))
+        assert srv.posts() == 0
+    assert proc.returncode != 0 and "already in the library" in proc.stderr
