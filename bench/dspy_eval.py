@@ -84,6 +84,8 @@ def main() -> None:
     print(f"cached_rerun_ratio={t_warm / t_cold:.4f}")
     print(f"lm_calls_rerun={rerun_calls}")
     shutil.rmtree(tmp, ignore_errors=True)
+    if rerun_calls or not same_cached:  # the cached rerun's premise: no generation, the same answers
+        sys.exit(f"cached rerun made {rerun_calls} LM calls (same answers: {same_cached}): DSPy's cache is not working")
 
 
 if __name__ == "__main__":
