@@ -32,9 +32,34 @@ def tiny64(tiny_models):
     return models
 
 
+def reference_metric(logits) -> float:
+    """m = logit(A) - logit(B) at the last position, written out here (not A.logit_diff): the references
+    of every test below use it, so a flipped sign in the module is seen by each of them."""
+    return float(logits[0, -1, A_ID]) - float(logits[0, -1, B_ID])
+
+
 def metric_with(model, edit):
     with torch.no_grad(), A.mlp_post_hooks(model, edit=edit):
-        return float(A.logit_diff(model(IDS).logits, A_ID, B_ID)[0])
+        return reference_metric(model(IDS).logits)
+
+
+def test_metric_is_correct_minus_wrong_and_positive_influence_favours_the_correct_token(tiny64):
+    model = tiny64["llama"]
+    with torch.no_grad():
+        logits = model(IDS).logits
+    m = A.logit_diff(logits, A_ID, B_ID)
+    assert m.shape == (1,) and float(m[0]) == pytest.approx(reference_metric(logits))
+    assert float(m[0]) == pytest.approx(float(logits[0, -1, A_ID] - logits[0, -1, B_ID])) and float(m[0]) != 0
+    # the node with the largest positive influence: removing it (a -> 0) lowers logit(A) - logit(B)
+    # by about its influence, i.e. it was pushing toward A, the correct token
+    attr = A.act_x_grad(model, IDS, A_ID, B_ID)
+    assert attr.metric == pytest.approx(reference_metric(logits))
+    node = tuple(int(i) for i in torch.unravel_index(attr.influence.argmax(), attr.influence.shape))
+    assert float(attr.influence[node]) > 0
+    ablated = metric_with(model, nudge(node, -float(attr.activations[node])))
+    assert ablated < attr.metric
+    clean, [delta] = A.ablation_effects(model, IDS, [node], A_ID, B_ID)
+    assert clean == pytest.approx(attr.metric) and delta == pytest.approx(ablated - attr.metric, rel=1e-5, abs=1e-7)
 
 
 def nudge(node, eps):
@@ -131,12 +156,14 @@ def test_ablation_effects_are_real_single_neuron_ablations(tiny64):
     attr = A.act_x_grad(model, IDS, A_ID, B_ID)
     nodes = A.prune_nodes(attr.influence, 0.05, "max", max_nodes=5).nodes
     clean, deltas = A.ablation_effects(model, IDS, nodes, A_ID, B_ID, batch_size=2)
-    assert clean == pytest.approx(attr.metric)
+    assert clean == pytest.approx(metric_with(model, None)) and len(deltas) == len(nodes) == 5
     for node, delta in zip(nodes, deltas):
         one = metric_with(model, nudge(node, -float(attr.activations[node])))  # a + (-a) = 0
         assert delta == pytest.approx(one - clean, rel=1e-5, abs=1e-7)
     assert A.rank_agreement([1.0, 2.0, 3.0], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
     assert A.rank_agreement([1.0, 2.0], [1.0, 2.0]) is None
+    assert A.rank_agreement([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert A.rank_agreement([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # constant: no rank order
 
 
 def test_graph_on_stories_chat_prompt_writes_json_png_html(tiny_models, tmp_path):
@@ -155,7 +182,10 @@ def test_graph_on_stories_chat_prompt_writes_json_png_html(tiny_models, tmp_path
         assert n["token"] == graph["tokens"][n["position"]] and n["hook"] == f"blocks.{n['layer']}.mlp.hook_post"
     ids = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in ids and e["target"] in ids | {"logit_diff"} for e in graph["edges"])
-    assert len(graph["ablation"]["real"]) == 8 and graph["ablation"]["spearman"] is not None
+    assert len(graph["ablation"]["real"]) == 8
+    from scipy.stats import spearmanr
+    abl = graph["ablation"]
+    assert abl["spearman"] == pytest.approx(spearmanr(abl["predicted"], abl["real"]).statistic)
     files = write_graph(graph, tmp_path / "g")
     assert json.loads(open(files["json"]).read())["nodes"] == graph["nodes"]
     assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -16,7 +17,8 @@ MSGS = [{"role": "user", "content": "hi"}]
 
 
 def cfg(server, **kw) -> EndpointConfig:
-    return EndpointConfig(base_url=server.base_url, model="m", backoff_base_s=0.05, **kw)
+    kw.setdefault("backoff_base_s", 0.05)
+    return EndpointConfig(base_url=server.base_url, model="m", **kw)
 
 
 def test_429_retry_after_is_honoured_and_usage_recorded():
@@ -99,3 +101,88 @@ def test_local_server_serves_and_always_stops(stories_chat, tmp_path):
     import os
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 503])
+def test_retryable_statuses_are_retried(status):
+    with ScriptedLLM([("status", status), ("ok", "after")]) as srv:
+        client = LLMClient(cfg(srv, max_wait_s=0.2))
+        reply = client.chat(MSGS)
+        assert reply.content == "after" and reply.attempts == 2 and srv.posts() == 2
+    [error] = client.calls[0].errors
+    assert error.startswith(f"HTTP {status}: ") and f"injected {status}" in error and len(client.calls[0].waits_s) == 1
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 410, 422])
+def test_other_4xx_fail_at_once(status):
+    with ScriptedLLM([("status", status), ("ok", "never")]) as srv:
+        with pytest.raises(LLMCallError, match=f"HTTP {status}"):
+            LLMClient(cfg(srv)).chat(MSGS)
+        assert srv.posts() == 1
+
+
+def test_connection_refused_is_retried_then_unavailable():
+    with socket.socket() as held:  # bound, never listening: connections to it are refused, and no one can take it
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
+        waits = []
+        client = LLMClient(EndpointConfig(base_url=url, model="m", max_retries=2, backoff_base_s=0.01),
+                           sleep=waits.append)
+        with pytest.raises(LLMUnavailable, match="after 3 attempts: connection error; connection error"):
+            client.chat(MSGS)
+    assert client.calls[0].attempts == 3 and client.calls[0].errors == ["connection error"] * 3
+    # exponential backoff: base * 2**attempt * (1 .. 1.25), two waits for three attempts
+    assert len(waits) == 2 and 0.01 <= waits[0] <= 0.0125 and 0.02 <= waits[1] <= 0.025
+
+
+def test_backoff_is_capped_by_max_wait_and_retry_after_raises_the_wait():
+    waits = []
+    with ScriptedLLM([("status", 503), ("status", 503), ("status", 503), ("ok", "x")]) as srv:
+        client = LLMClient(cfg(srv, backoff_base_s=1.0, max_wait_s=1.5), sleep=waits.append)
+        assert client.chat(MSGS).attempts == 4
+    assert 1.0 <= waits[0] <= 1.25 and waits[1:] == [1.5, 1.5]
+    waits.clear()
+    with ScriptedLLM([("status", 429, {"retry-after": "3"}), ("ok", "x")]) as srv:
+        LLMClient(cfg(srv, backoff_base_s=0.01, max_wait_s=5), sleep=waits.append).chat(MSGS)
+    assert waits == [3.0]
+
+
+def test_rate_limit_spaces_requests():
+    with ScriptedLLM([("ok", "x")]) as srv:
+        client = LLMClient(cfg(srv, requests_per_minute=600))  # one request every 0.1 s
+        for _ in range(4):
+            client.chat(MSGS)
+        at = [r["at"] for r in srv.requests]
+    gaps = [b - a for a, b in zip(at, at[1:])]
+    assert len(gaps) == 3 and min(gaps) >= 0.09, gaps
+
+
+def test_concurrency_limit_holds_across_threads():
+    for limit in (1, 2):
+        with ScriptedLLM([("sleep", 0.3, "x")]) as srv:
+            client = LLMClient(cfg(srv, max_concurrency=limit))
+            threads = [threading.Thread(target=client.chat, args=(MSGS,)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert srv.posts() == 4 and srv.max_in_flight == limit
+        assert client.usage_summary()["calls"] == 4
+
+
+def test_the_key_is_redacted_from_errors_and_records(monkeypatch):
+    key = "sk-live-abcdef123456"
+    monkeypatch.setenv("REDACT_TEST_KEY", key)
+    echo = f"Incorrect API key provided: {key}"
+    with ScriptedLLM([("status", 401, {}, echo)]) as srv:
+        client = LLMClient(EndpointConfig(base_url=srv.base_url, model="m", api_key_env="REDACT_TEST_KEY"))
+        with pytest.raises(LLMCallError) as e:
+            client.chat(MSGS)
+        assert srv.requests[0]["authorization"] == f"Bearer {key}"
+    assert key not in str(e.value) and "Incorrect API key provided: ***" in str(e.value)
+    assert key not in str(client.calls[0].to_dict()) and "***" in client.calls[0].errors[0]
+    with ScriptedLLM([("status", 500, {}, echo)]) as srv:
+        client = LLMClient(cfg(srv, max_retries=1, api_key_env="REDACT_TEST_KEY"))
+        with pytest.raises(LLMUnavailable) as e:
+            client.chat(MSGS)
+    assert key not in str(e.value) and str(e.value).count("***") == 2

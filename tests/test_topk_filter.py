@@ -28,6 +28,30 @@ def test_rejections_say_why(tokens, reason):
     assert row["status"] == "rejected" and reason in row["reason"]
 
 
+def test_special_token_top1_is_rejected_as_special():
+    tokens = [("</s>", .4), (" ren", .2), (" al", .1)]
+    row = classify(ITEM, topk(*tokens), {2}, special_ids={0})
+    assert row["status"] == "rejected" and row["reason"] == "top-1 '</s>' is a special token"
+    assert row["correct_rank"] == 3
+    # the same list without special ids: '</s>' is then an ordinary wrong word and the case is a target
+    assert classify(ITEM, topk(*tokens), {2}, special_ids=set())["status"] == "target"
+
+
+@pytest.mark.parametrize("max_rank", [2, 3, 5])
+def test_max_rank_is_inclusive_and_one_more_is_rejected(max_rank):
+    filler = [(f" w{i}x", .01) for i in range(10)]
+    for rank in (2, max_rank - 1, max_rank, max_rank + 1):
+        if rank < 2:
+            continue
+        tokens = [(" ren", .3), *filler[: rank - 2], (" al", .05), *filler[rank - 2:]]
+        row = classify(ITEM, topk(*tokens), {rank - 1}, special_ids=set(), max_rank=max_rank)
+        assert row["correct_rank"] == rank
+        if rank <= max_rank:
+            assert row["status"] == "target", (rank, row.get("reason"))
+        else:
+            assert row["status"] == "rejected" and row["reason"] == f"answer at rank {rank}, beyond rank {max_rank}"
+
+
 def test_target_case_like_the_seed_table():
     tokens = [(" ren", .23), (" sodium", .18), (" the", .10), (" a", .05), (" al", .05)]
     row = classify(ITEM, topk(*tokens), {4}, special_ids=set())
@@ -52,7 +76,9 @@ def test_batched_equals_per_prompt(which, stories_path, tiny_models):
     model, tokenizer = load_model(resolve_model(str(folder)))
     batched = next_token_topk(model, tokenizer, PROMPTS, k=10, batch_size=4)
     single = [next_token_topk(model, tokenizer, [p], k=10, batch_size=1)[0] for p in PROMPTS]
+    assert len(batched) == len(single) == len(PROMPTS)
     for b, s in zip(batched, single):
+        assert len(b) == len(s) == 10
         assert [t.token_id for t in b[:5]] == [t.token_id for t in s[:5]]
         assert max(abs(x.prob - y.prob) for x, y in zip(b, s)) < 1e-4
 
