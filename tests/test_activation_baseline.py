@@ -127,7 +127,7 @@ def test_captured_residual_equals_output_hidden_states(tiny_models, arch):
     prompts = [codegen.mbpp_prompt(tok, p) for p in PROBLEMS[:3]]
     outs = codegen.generate_batch(model, tok, prompts, codegen.GenerationConfig(max_new_tokens=6,
                                                                               capture_generated=True), [0, 1])
-    for prompt, out in zip(prompts, outs):
+    for prompt, out in zip(prompts, outs, strict=True):
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             hs = model(**enc, output_hidden_states=True).hidden_states  # (L+1) x [1, S, D]
@@ -164,7 +164,7 @@ def test_batched_greedy_equals_unbatched(llama):
     batched = codegen.generate_batch(model, tok, prompts, cfg, [1])
     single = [codegen.generate_batch(model, tok, [p], cfg, [1])[0] for p in prompts]
     assert len({tok(p)["input_ids"].__len__() for p in prompts}) > 1  # padding really happens
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert b["completion"] == s["completion"] and b["completion_tokens"] == s["completion_tokens"]
         assert np.allclose(b["activations"][1]["last_prompt"], s["activations"][1]["last_prompt"], atol=1e-4)
 

@@ -36,7 +36,7 @@ def test_the_key_holds_task_version_and_every_input(tmp_path):
         plain(object(), "m")
 
 
-def test_bumping_a_units_version_reruns_it_and_the_same_version_is_cached():
+def test_bumping_a_units_version_reruns_it_and_the_same_version_is_cached_in_prefect():
     calls: list[str] = []
     token = uuid.uuid4().hex  # this test's own cache records
 
@@ -62,8 +62,13 @@ def test_bumping_a_units_version_reruns_it_and_the_same_version_is_cached():
     (ConnectionError("reset"), True), (TimeoutError("slow"), True), (RuntimeError("CUDA busy"), True),
     (OSError("disk"), True),
 ])
-def test_only_transient_failures_are_retried(error, transient):
+def test_transient_only_tells_bad_input_and_bugs_from_transient_failures(error, transient):
     assert transient_only(None, None, Failed(data=error)) is transient
+
+
+@pytest.mark.parametrize("error, transient", [(ReasonlabError("bad input"), False), (KeyError("bug"), False),
+                                              (ConnectionError("reset"), True), (RuntimeError("CUDA busy"), True)])
+def test_only_transient_failures_are_retried_in_prefect(error, transient):
     attempts = []
 
     @task(**{**task_options("1", retries=2), "retry_delay_seconds": 0})
@@ -85,3 +90,50 @@ def test_a_completed_state_is_never_retried_and_retries_are_off_by_default():
     opts = task_options("7", gpu=True, retries=3)
     assert opts["retry_condition_fn"] is transient_only and opts["retries"] == 3 and opts["tags"] == ["gpu"]
     assert opts["cache_policy"].version == "7"
+
+
+def test_the_key_format_is_pinned(tmp_path):
+    """A change of the key's payload invalidates every cache record of every user: it must be deliberate."""
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    from reasonlab.io import sha256_file, sha256_json, tree_fingerprint
+
+    key = PlainInputs(version="3").compute_key(ctx("unit"), {"x": 1, "p": [1, "a"]}, {})
+    assert key == sha256_json({"task": "unit", "version": "3", "inputs": {"x": 1, "p": [1, "a"]}})
+    f, d = tmp_path / "a.txt", tmp_path / "d"
+    f.write_text("one")
+    d.mkdir()
+    (d / "x").write_text("1")
+    assert plain(f) == {"path": str(f), "sha256": sha256_file(f)}
+    assert plain(d) == {"path": str(d), "tree_sha256": tree_fingerprint(d)}
+    assert plain(tmp_path / "gone") == {"path": str(tmp_path / "gone"), "missing": True}
+    key = PlainInputs(version="1").compute_key(ctx("unit"), {"f": f, "n": None}, {})
+    assert key == sha256_json({"task": "unit", "version": "1",
+                               "inputs": {"f": {"path": str(f), "sha256": sha256_file(f)}, "n": None}})
+
+    @dataclass
+    class Point:
+        x: int
+        where: Path
+
+    class Params(BaseModel):
+        k: int = 2
+        names: tuple[str, ...] = ("a",)
+
+    assert plain({1: Point(3, f), "m": Params()}) == {"1": {"x": 3, "where": plain(f)}, "m": {"k": 2, "names": ["a"]}}
+    assert plain((True, 1.5, "s")) == [True, 1.5, "s"]
+    with pytest.raises(TypeError, match=r"cache key input\.m\[1\] is a builtins\.object, not plain data"):
+        plain({"m": [1, object()]})
+    with pytest.raises(TypeError, match=r"cache key batch is a builtins\.type"):
+        PlainInputs(version="1").compute_key(ctx("unit"), {"batch": Point}, {})
+
+
+def test_task_options_are_the_conventions():
+    from tasks.conventions import result_storage
+
+    opts = task_options("5")
+    assert opts == {"cache_policy": PlainInputs(version="5"), "persist_result": True, "result_serializer": "json",
+                    "result_storage": result_storage(), "tags": [], "retries": 0, "retry_delay_seconds": 10,
+                    "retry_condition_fn": None, "log_prints": False}
