@@ -47,6 +47,16 @@ CORE = {
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
 COPY = ("reasonlab", "tasks", "tests", "flows", "blocks", "deployments", "configs", "data")
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+# every survivor's diff in one process (`mutmut show` once per mutant costs a second of start-up each)
+SHOW_DIFFS = """
+import sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+for name in open(sys.argv[1]).read().split():
+    try:
+        print(f'# {name}\\n' + get_diff_for_mutant(name, path=find_mutant(name).path))
+    except Exception as e:
+        print(f'# {name}: no diff ({type(e).__name__}: {e})')
+"""
 
 
 def fence_off_non_core(path: Path, core: set[str]) -> None:
@@ -109,7 +119,10 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=REPO, help="tree whose code and tests are mutated/run")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="scratch folder to use and keep (default: a temporary one)")
+    parser.add_argument("--report-only", action="store_true", help="summarize the finished run in --keep again")
     args = parser.parse_args()
+    if args.report_only and not args.keep:
+        parser.error("--report-only needs --keep DIR (a finished run)")
 
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if not mutmut:
@@ -119,10 +132,15 @@ def main() -> int:
     modules = list(config["only_mutate"])
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="reasonlab-mutation-"))
     work = scratch / "repo"
+    source = args.source.resolve()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "REASONLAB_HOME", "CI")}
+    env.update(REASONLAB_TEST_PREFECT="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               REASONLAB_HOME=str(scratch / "home"), PYTHONDONTWRITEBYTECODE="1")
+    if args.report_only:
+        return report(mutmut, work, scratch, env, modules, source, wall=None)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    source = args.source.resolve()
     for name in COPY:
         if (source / name).exists():
             shutil.copytree(source / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -141,20 +159,24 @@ def main() -> int:
     shared = (source.parent / "shared").resolve()
     (work / "shared").symlink_to(shared if shared.is_dir() else (REPO.parent / "shared").resolve())
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "REASONLAB_HOME", "CI")}
-    env.update(REASONLAB_TEST_PREFECT="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               REASONLAB_HOME=str(scratch / "home"), PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
     run = subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env,
                          capture_output=True, text=True)
     wall = time.perf_counter() - start
     (scratch / "mutmut-run.log").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        print((run.stdout + run.stderr)[-4000:], file=sys.stderr)
+        print(f"mutmut failed (exit {run.returncode}); log: {scratch / 'mutmut-run.log'}", file=sys.stderr)
+        return 1
+    return report(mutmut, work, scratch, env, modules, source, wall)
+
+
+def report(mutmut: str, work: Path, scratch: Path, env: dict, modules: list[str], source: Path,
+           wall: float | None) -> int:
     results = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True)
     status = dict(re.findall(r"^\s+(\S+): (.+)$", results.stdout, flags=re.M))
-    if run.returncode != 0 or not status:
-        print((run.stdout + run.stderr)[-4000:], file=sys.stderr)
-        print(f"mutmut failed (exit {run.returncode}) or found no mutants; log: {scratch / 'mutmut-run.log'}",
-              file=sys.stderr)
+    if not status:
+        print(f"mutmut found no mutants in {work}: {results.stderr[-2000:]}", file=sys.stderr)
         return 1
 
     equivalent = equivalent_mutants()
@@ -169,11 +191,11 @@ def main() -> int:
         else:
             by_module[mod]["survived"] += 1
             survivors.append(f"{name}: {st}")
-    with open(scratch / "survivors.txt", "w") as fh:
-        for line in survivors:
-            name = line.split(":")[0]
-            diff = subprocess.run([mutmut, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
-            fh.write(diff + "\n")
+    names = [line.split(":")[0] for line in survivors]
+    (scratch / "survivor-names.txt").write_text("\n".join(names) + "\n")
+    diffs = subprocess.run([sys.executable, "-c", SHOW_DIFFS, str(scratch / "survivor-names.txt")], cwd=work, env=env,
+                           capture_output=True, text=True)
+    (scratch / "survivors.txt").write_text(diffs.stdout + diffs.stderr[-2000:])
     stale = sorted(set(equivalent) - set(status))
     for mod in modules:
         c = by_module[mod]
@@ -189,7 +211,8 @@ def main() -> int:
     equiv = sum(c["equivalent"] for c in by_module.values())
     print(f"source={source}")
     print(f"survivor_diffs={scratch / 'survivors.txt'}")
-    print(f"wall_s={wall:.0f}")
+    if wall is not None:
+        print(f"wall_s={wall:.0f}")
     print(f"mutants={killed + survived + equiv}")
     print(f"killed={killed}")
     print(f"survived={survived}")

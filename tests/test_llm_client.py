@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import threading
 import time
@@ -186,3 +187,22 @@ def test_the_key_is_redacted_from_errors_and_records(monkeypatch):
         with pytest.raises(LLMUnavailable) as e:
             client.chat(MSGS)
     assert key not in str(e.value) and str(e.value).count("***") == 2
+
+
+def test_retry_after_in_every_form():
+    assert retry_after_seconds(None) is None and retry_after_seconds({}) is None
+    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_seconds({"retry-after-ms": "soon", "retry-after": "3"}) == 3.0  # a bad ms falls back
+    assert retry_after_seconds({"retry-after": "0.5"}) == 0.5
+    assert retry_after_seconds({"retry-after": "-4"}) == 0.0 and retry_after_seconds({"retry-after-ms": "-9"}) == 0.0
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= retry_after_seconds({"retry-after": future}) <= 30.5
+    assert retry_after_seconds({"retry-after": email.utils.formatdate(time.time() - 30, usegmt=True)}) == 0.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None  # malformed: no hint, not a crash
+
+
+def test_a_malformed_retry_after_is_retried_with_backoff():
+    waits = []
+    with ScriptedLLM([("status", 503, {"retry-after": "in a while"}), ("ok", "x")]) as srv:
+        reply = LLMClient(cfg(srv, backoff_base_s=0.01), sleep=waits.append).chat(MSGS)
+    assert reply.content == "x" and len(waits) == 1 and 0.01 <= waits[0] <= 0.0125

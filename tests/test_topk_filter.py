@@ -133,17 +133,18 @@ def test_top_tokens_are_the_largest_probabilities_with_their_ids(stories_path):
                                                            (" big", 370, pytest.approx(0.2))]
 
 
-def test_filter_defaults_are_the_completion_prompt_with_the_answer_prefix(stories_path):
+def test_filter_defaults_are_the_chat_prompt_with_an_empty_system_prompt_and_the_answer_prefix(tiny_models):
     """filter_prompts with its defaults decides exactly as classify on the documented prompt text."""
     from reasonlab.prompt_format import build_prompt
     from reasonlab.tokens import first_token_ids
 
-    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    model, tokenizer = load_model(resolve_model(str(tiny_models["llama"])))
     items = [PromptItem("The little girl saw a", "little"), PromptItem("The dog ran to the", "park")]
-    result = filter_prompts(model, tokenizer, items)
-    texts = [build_prompt(tokenizer, it.prompt, "completion", "", " Answer:") for it in items]
-    assert all(t.endswith(" Answer:") for t in texts)
-    expected = [classify(it, tk, first_token_ids(tokenizer, it.answer), set(tokenizer.all_special_ids), 5)
-                for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
-    assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
-    assert (result["format"], result["top_k"], result["max_rank"]) == ("completion", 10, 5)
+    for fmt, kwargs in (("chat", {"fmt": "chat"}), ("completion", {})):
+        result = filter_prompts(model, tokenizer, items, **kwargs)
+        texts = [build_prompt(tokenizer, it.prompt, fmt, "", " Answer:") for it in items]
+        assert fmt == "completion" or all(t.endswith("<|assistant|> Answer:") and "<|system|>\n" in t for t in texts)
+        expected = [classify(it, tk, first_token_ids(tokenizer, it.answer), set(tokenizer.all_special_ids), 5)
+                    for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
+        assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
+        assert (result["format"], result["top_k"], result["max_rank"]) == (fmt, 10, 5)
