@@ -76,3 +76,17 @@ def test_compare_refuses_rows_that_do_not_line_up():
         compare([row("a", .4, .1, fmt="chat")], [row("a", .1, .4, fmt="completion")])
     with pytest.raises(ValueError):  # a missing row is an error, not a shorter table
         compare([row("a", .4, .1), row("b", .4, .1)], [row("a", .1, .4)])
+
+
+def test_evaluate_defaults_are_ten_tokens_and_the_chat_prompt_with_the_answer_prefix(tiny_models):
+    model, tok = load_model(resolve_model(str(tiny_models["llama"])))
+    cases = [{"prompt": "The little girl saw a", "answer": "little", "wrong_token": " big",
+              "wrong_token_id": tok.convert_tokens_to_ids("▁big")}]
+    default = evaluate_cases(model, tok, cases, ["chat"])
+    explicit = evaluate_cases(model, tok, cases, ["chat"], k=10, system_prompt="", answer_prefix=" Answer:",
+                              batch_size=8)
+    assert default == explicit and len(default[0]["top_k"]) == 10
+    text = build_prompt(tok, cases[0]["prompt"], "chat", "", " Answer:")
+    assert text.endswith("<|assistant|> Answer:")
+    probs = reference_probs(model, tok, text)
+    assert default[0]["p_correct"] == pytest.approx(float(probs[sorted(first_token_ids(tok, "little"))].sum()), abs=1e-6)

@@ -206,3 +206,14 @@ def test_a_malformed_retry_after_is_retried_with_backoff():
     with ScriptedLLM([("status", 503, {"retry-after": "in a while"}), ("ok", "x")]) as srv:
         reply = LLMClient(cfg(srv, backoff_base_s=0.01), sleep=waits.append).chat(MSGS)
     assert reply.content == "x" and len(waits) == 1 and 0.01 <= waits[0] <= 0.0125
+
+
+def test_redaction_rules_and_the_limiter_interval():
+    from reasonlab.llm_client import LOCAL_PLACEHOLDER_KEY, _RateLimiter, redact
+
+    assert redact("key abcd here, abcd again", "abcd") == "key *** here, *** again"
+    assert redact("key abc here", "abc") == "key abc here"  # 3 characters: too short to find safely
+    assert redact(f"sent {LOCAL_PLACEHOLDER_KEY}", LOCAL_PLACEHOLDER_KEY) == f"sent {LOCAL_PLACEHOLDER_KEY}"
+    assert redact("nothing", None) == "nothing" and redact("nothing", "") == "nothing"
+    assert _RateLimiter(600).interval == pytest.approx(0.1) and _RateLimiter(None).interval == 0.0
+    assert _RateLimiter(30).interval == pytest.approx(2.0)
