@@ -219,7 +219,7 @@ def test_a_non_input_failure_retries_problem_by_problem(tmp_path, llama):
         assert gone["task_id"] == 950 and gone["attempts"] == attempts
         assert gone["error"].startswith("ValueError: invalid literal for int()")
     assert any("retrying problem by problem" in line for line in logs)
-    assert any(f"task 950 excluded after 3 attempt(s)" in line for line in logs)
+    assert any("task 950 excluded after 3 attempt(s)" in line for line in logs)
     # bad input (ReasonlabError) alone in its batch is not retried
     cfg = ab.BaselineConfig(max_new_tokens=3, batch_size=1, max_prompt_tokens=5, max_attempts=3, sandbox_workers=1)
     rows, [gone] = ab.process_batch(model, tok, [PROBLEMS[0]], [1], cfg, tmp_path / "bad", log=logs.append)

@@ -271,7 +271,10 @@ def test_integrated_gradients_use_midpoint_alphas(tiny64):
     model = tiny64["llama"]
     ig = A.integrated_gradients(model, IDS, A_ID, B_ID, steps=2)
     assert A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients", steps=2).influence.equal(ig.influence)
-    assert not A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients").influence.equal(ig.influence)  # 8 steps
+    eight = A.integrated_gradients(model, IDS, A_ID, B_ID, steps=8)
+    assert A.integrated_gradients(model, IDS, A_ID, B_ID).influence.equal(eight.influence)  # the default: 8 steps
+    assert A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients").influence.equal(eight.influence)
+    assert A.attribute(model, IDS, A_ID, B_ID).influence.equal(A.act_x_grad(model, IDS, A_ID, B_ID).influence)
     for layer in (0, 1):
         grads = []
         for alpha in (0.25, 0.75):
@@ -306,6 +309,9 @@ def test_pruning_at_exact_thresholds_and_totals():
     assert cum.nodes == [(0, 0, 0)] and cum.threshold == 0.5 and cum.kept_abs == 0.5
     cum = A.prune_nodes(infl, 0.25, "cumulative")
     assert len(cum.nodes) == 2 and cum.threshold == 0.25 and cum.kept_abs == 0.75
+    # float64 for the cumulative cut: float32(0.9) < 0.9, so the top node alone does not reach 90 % of the total
+    near = A.prune_nodes(torch.tensor([0.9, 0.1]), 0.1, "cumulative")
+    assert len(near.nodes) == 2 and near.total_abs == 1.0
     exact = A.prune_nodes(infl, 0.25, "total", max_nodes=3)
     assert len(exact.nodes) == 3 and not exact.capped  # the cap equals the count: nothing removed
     one = A.prune_nodes(infl, 0.25, "total", max_nodes=1)

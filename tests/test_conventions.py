@@ -124,6 +124,23 @@ def test_the_key_format_is_pinned(tmp_path):
 
     assert plain({1: Point(3, f), "m": Params()}) == {"1": {"x": 3, "where": plain(f)}, "m": {"k": 2, "names": ["a"]}}
     assert plain((True, 1.5, "s")) == [True, 1.5, "s"]
+
+    @dataclass
+    class Holder:
+        x: object
+
+    class Loose(BaseModel):
+        model_config = {"arbitrary_types_allowed": True}
+        y: object = None
+
+    from decimal import Decimal
+
+    with pytest.raises(TypeError, match=r"cache key input\.h\.x is a decimal\.Decimal, not plain data: pass a name, "
+                                        r"path or fingerprint \(e\.g\. a ResolvedModel\) instead of a "
+                                        r"model/tokenizer/tensor"):
+        plain({"h": Holder(Decimal(1))})
+    with pytest.raises(TypeError, match=r"cache key input\.l\.y is a decimal\.Decimal"):
+        plain({"l": Loose(y=Decimal(2))})
     with pytest.raises(TypeError, match=r"cache key input\.m\[1\] is a builtins\.object, not plain data"):
         plain({"m": [1, object()]})
     with pytest.raises(TypeError, match=r"cache key batch is a builtins\.type"):

@@ -149,13 +149,20 @@ def test_backoff_is_capped_by_max_wait_and_retry_after_raises_the_wait():
 
 
 def test_rate_limit_spaces_requests():
+    waits = []
+
+    def sleep(s):  # really sleeps, at most 0.3 s (a broken limiter fails fast instead of hanging)
+        waits.append(s)
+        time.sleep(min(s, 0.3))
+
     with ScriptedLLM([("ok", "x")]) as srv:
-        client = LLMClient(cfg(srv, requests_per_minute=600))  # one request every 0.1 s
+        client = LLMClient(cfg(srv, requests_per_minute=600), sleep=sleep)  # one request every 0.1 s
         for _ in range(4):
             client.chat(MSGS)
         at = [r["at"] for r in srv.requests]
     gaps = [b - a for a, b in zip(at, at[1:])]
     assert len(gaps) == 3 and min(gaps) >= 0.09, gaps
+    assert len(waits) == 3 and all(0.05 < w <= 0.1 for w in waits), waits  # the first request goes at once
 
 
 def test_concurrency_limit_holds_across_threads():

@@ -128,6 +128,7 @@ def test_top_tokens_are_the_largest_probabilities_with_their_ids(stories_path):
     _, tokenizer = load_model(resolve_model(str(stories_path)))
     probs = torch.zeros(512)
     probs[[370, 376, 393]] = torch.tensor([0.2, 0.5, 0.3])
+    assert len(top_tokens(tokenizer, probs)) == 10  # the default k
     top = top_tokens(tokenizer, probs, k=3)
     assert [(t.token, t.token_id, t.prob) for t in top] == [(" little", 376, 0.5), (" happy", 393, pytest.approx(0.3)),
                                                            (" big", 370, pytest.approx(0.2))]
@@ -148,3 +149,17 @@ def test_filter_defaults_are_the_chat_prompt_with_an_empty_system_prompt_and_the
                     for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
         assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
         assert (result["format"], result["top_k"], result["max_rank"]) == (fmt, 10, 5)
+
+
+def test_filter_passes_k_and_max_rank_through(stories_path):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
+    third = top[2].token.strip()  # the answer at rank 3: a target with max_rank 5, rejected with max_rank 2
+    items = [PromptItem("The little girl saw a", third)]
+    wide = filter_prompts(model, tokenizer, items, k=5)
+    assert [len(r["top_k"]) for r in wide["target_cases"] + wide["rejected"]] == [5] and wide["top_k"] == 5
+    narrow = filter_prompts(model, tokenizer, items, max_rank=2)
+    [case] = wide["target_cases"]  # stories260K: ' big', then ' red', ' little', ...
+    assert case["correct_rank"] == 3
+    [r] = narrow["rejected"]
+    assert r["reason"] == "answer at rank 3, beyond rank 2" and narrow["max_rank"] == 2
