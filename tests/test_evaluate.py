@@ -86,6 +86,10 @@ def test_evaluate_defaults_are_ten_tokens_and_the_chat_prompt_with_the_answer_pr
     explicit = evaluate_cases(model, tok, cases, ["chat"], k=10, system_prompt="", answer_prefix=" Answer:",
                               batch_size=8)
     assert default == explicit and len(default[0]["top_k"]) == 10
+    custom = evaluate_cases(model, tok, cases, ["chat"], system_prompt="Be brief.", answer_prefix=" A:")
+    probs = reference_probs(model, tok, build_prompt(tok, cases[0]["prompt"], "chat", "Be brief.", " A:"))
+    assert custom[0]["p_correct"] == pytest.approx(float(probs[sorted(first_token_ids(tok, "little"))].sum()), abs=1e-6)
+    assert custom[0]["p_correct"] != default[0]["p_correct"]
     text = build_prompt(tok, cases[0]["prompt"], "chat", "", " Answer:")
     assert text.endswith("<|assistant|> Answer:")
     probs = reference_probs(model, tok, text)

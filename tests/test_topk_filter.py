@@ -141,10 +141,13 @@ def test_filter_defaults_are_the_chat_prompt_with_an_empty_system_prompt_and_the
 
     model, tokenizer = load_model(resolve_model(str(tiny_models["llama"])))
     items = [PromptItem("The little girl saw a", "little"), PromptItem("The dog ran to the", "park")]
-    for fmt, kwargs in (("chat", {"fmt": "chat"}), ("completion", {})):
+    for fmt, kwargs, system, prefix in (("chat", {"fmt": "chat"}, "", " Answer:"), ("completion", {}, "", " Answer:"),
+                                        ("chat", {"fmt": "chat", "system_prompt": "Be brief.", "answer_prefix": " A:"},
+                                         "Be brief.", " A:")):
         result = filter_prompts(model, tokenizer, items, **kwargs)
-        texts = [build_prompt(tokenizer, it.prompt, fmt, "", " Answer:") for it in items]
-        assert fmt == "completion" or all(t.endswith("<|assistant|> Answer:") and "<|system|>\n" in t for t in texts)
+        texts = [build_prompt(tokenizer, it.prompt, fmt, system, prefix) for it in items]
+        assert fmt == "completion" or all(t.endswith(f"<|assistant|>{prefix}") and f"<|system|>{system}\n" in t
+                                          for t in texts)
         expected = [classify(it, tk, first_token_ids(tokenizer, it.answer), set(tokenizer.all_special_ids), 5)
                     for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
         assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
