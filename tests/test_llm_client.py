@@ -38,8 +38,10 @@ def test_429_retry_after_is_honoured_and_usage_recorded():
 
 def test_5xx_and_timeout_are_retried_then_give_up():
     with ScriptedLLM([("status", 500), ("status", 503), ("sleep", 1.5, "late"), ("ok", "fine")]) as srv:
-        reply = LLMClient(cfg(srv, timeout_s=0.5)).chat(MSGS)
+        client = LLMClient(cfg(srv, timeout_s=0.5))
+        reply = client.chat(MSGS)
         assert reply.content == "fine" and reply.attempts == 4
+        assert client.calls[0].errors[2] == "timeout after 0.5s"
     with ScriptedLLM([("status", 502)]) as srv:
         client = LLMClient(cfg(srv, max_retries=2))
         with pytest.raises(LLMUnavailable, match="after 3 attempts"):
@@ -237,3 +239,35 @@ def test_request_body_defaults_and_the_ledger_label():
     assert not {"temperature", "seed", "top_k", "response_format"} & set(plain_body)
     assert (full["max_tokens"], full["temperature"], full["seed"], full["top_k"]) == (7, 0.0, 3, 2)
     assert [c.label for c in client.calls] == ["", "lbl"] and [c.status for c in client.calls] == ["ok", "ok"]
+
+
+
+def test_structured_output_is_sent_then_dropped_for_good_and_labels_name_the_call():
+    fmt = {"type": "json_object"}
+    with ScriptedLLM([("ok", "{}"), ("status", 400, {}, "response_format json_object is not supported"),
+                      ("ok", "{}"), ("ok", "{}")]) as srv:
+        client = LLMClient(cfg(srv))
+        client.chat(MSGS, response_format=fmt)
+        client.chat(MSGS, response_format=fmt)  # refused: asked again without it
+        client.chat(MSGS, response_format=fmt)  # and never sent again
+        bodies = [r["body"] for r in srv.requests]
+    assert bodies[0]["response_format"] == fmt and bodies[1]["response_format"] == fmt
+    assert "response_format" not in bodies[2] and "response_format" not in bodies[3]
+    assert client.schema_supported is False and [c.model for c in client.calls] == ["m"] * 3
+    # a 5xx whose message mentions response_format is an ordinary transient failure
+    waits = []
+    with ScriptedLLM([("status", 500, {}, "response_format backend crashed"), ("ok", "x")]) as srv:
+        assert LLMClient(cfg(srv, backoff_base_s=0.01), sleep=waits.append).chat(MSGS).content == "x"
+    assert len(waits) == 1
+    with ScriptedLLM([("status", 404)]) as srv:
+        with pytest.raises(LLMCallError, match=r"^LLM call judge-7 to http://127\.0\.0\.1:\d+/v1 failed: HTTP 404"):
+            LLMClient(cfg(srv)).chat(MSGS, label="judge-7")
+        with pytest.raises(LLMCallError, match=r"^LLM call  to http"):
+            LLMClient(cfg(srv)).chat(MSGS)
+
+
+def test_a_retry_after_equal_to_max_wait_is_waited():
+    waits = []
+    with ScriptedLLM([("status", 429, {"retry-after": "2"}), ("ok", "x")]) as srv:
+        reply = LLMClient(cfg(srv, max_wait_s=2, backoff_base_s=0.01), sleep=waits.append).chat(MSGS)
+    assert reply.content == "x" and waits == [2.0]
