@@ -2,10 +2,12 @@
 
     python bench/cached_rerun.py      # fresh REASONLAB_HOME (results, runs); offline models are reused
 
-Prints key=value lines: wall time of each run, their ratio, task states, model forward passes.
+Prints key=value lines: wall time of each run, their ratio, task states, model forward passes. Exits 1 (after
+printing them) when the premise fails: the second run not all Cached, or any forward pass in it.
 """
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +45,11 @@ def main() -> None:
     print(f"first_run_s={first_s:.2f}")
     print(f"second_run_s={second_s:.2f}")
     print(f"second_over_first={second_s / first_s:.4f}")
+    not_cached = sorted(name for name, s in second_states.items() if s != "Cached")
+    if not second_states or not_cached or second_fw:
+        print(f"FAILED: the second run must be all Cached with no forward pass; not cached: {not_cached or 'none'}"
+              f"{'' if second_states else ' (no task ran at all)'}, forward passes: {second_fw}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -180,15 +180,20 @@ def retry_after_seconds(headers: Any) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # a malformed header is no hint (it must not fail the call)
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 class _RateLimiter:
-    def __init__(self, per_minute: float | None):
+    def __init__(self, per_minute: float | None, sleep=time.sleep):
         self.interval = 60.0 / per_minute if per_minute else 0.0
         self.next_at = 0.0
         self.lock = threading.Lock()
+        self.sleep = sleep
 
     def wait(self) -> None:
         if not self.interval:
@@ -198,7 +203,7 @@ class _RateLimiter:
             delay = self.next_at - now
             self.next_at = max(now, self.next_at) + self.interval
         if delay > 0:
-            time.sleep(delay)
+            self.sleep(delay)
 
 
 class LLMClient:
@@ -213,7 +218,7 @@ class LLMClient:
         self._key = resolve_api_key(cfg, api_key)
         self._openai = OpenAI(base_url=cfg.base_url, api_key=self._key, max_retries=0, timeout=cfg.timeout_s)
         self._sem = threading.BoundedSemaphore(cfg.max_concurrency)
-        self._limiter = _RateLimiter(cfg.requests_per_minute)
+        self._limiter = _RateLimiter(cfg.requests_per_minute, sleep)
         self._sleep = sleep
         self._lock = threading.Lock()
         self.calls: list[CallRecord] = []

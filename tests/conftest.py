@@ -8,9 +8,13 @@ import tempfile
 from pathlib import Path
 
 # Before anything imports tasks/ (whose result storage reads REASONLAB_HOME at import time).
-# Models are reused across sessions: the user's REASONLAB_MODEL_CACHE, else the models/ of their REASONLAB_HOME.
-_USER_HOME = Path(os.environ.get("REASONLAB_HOME") or Path.home() / ".cache" / "reasonlab").expanduser()
-os.environ.setdefault("REASONLAB_MODEL_CACHE", str(_USER_HOME / "models"))
+# Models are reused across sessions: the user's REASONLAB_MODEL_CACHE, else the models/ of their REASONLAB_HOME,
+# else .test-cache/models in this checkout (never the user's ~/.cache: a test run writes only where it was told).
+REPO = Path(__file__).resolve().parents[1]
+if not os.environ.get("REASONLAB_MODEL_CACHE"):
+    _user_home = os.environ.get("REASONLAB_HOME")
+    os.environ["REASONLAB_MODEL_CACHE"] = str(Path(_user_home).expanduser() / "models" if _user_home
+                                              else REPO / ".test-cache" / "models")
 _HOME = Path(tempfile.mkdtemp(prefix="reasonlab-test-home-"))
 os.environ["REASONLAB_HOME"] = str(_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is unreachable from CI; fail fast, not after retries
@@ -24,11 +28,19 @@ STORIES = SHARED / "models" / "stories260K"
 DATA = SHARED / "data"
 
 
+# bench/mutation.py runs only tests that need no Prefect API, once per mutant: it sets this to 0 so that each
+# run does not start (and wait for) a temporary Prefect server.
+WITH_PREFECT = os.environ.get("REASONLAB_TEST_PREFECT", "1") != "0"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
+    if WITH_PREFECT:
+        from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+    else:
         yield
     shutil.rmtree(_HOME, ignore_errors=True)  # the suite leaves no reasonlab-test-home-* behind
 

@@ -5,7 +5,8 @@ Each POST /v1/chat/completions takes the next action from `script` (the last one
   ("status", code, headers)  that HTTP status with an OpenAI-style error body (e.g. 429 + Retry-After)
   ("sleep", seconds, content) answer late (a client timeout), then 200
   ("refusal", text)          200 with message.refusal set and no content
-Every request's JSON body and Authorization header are kept in `requests`.
+Every request's JSON body, Authorization header and arrival time (time.monotonic) are kept in `requests`;
+`max_in_flight` is the most requests the server was answering at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class ScriptedLLM:
         self.script = list(script)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,9 +34,20 @@ class ScriptedLLM:
                 self._send(200, {"status": "ok"})
 
             def do_POST(self):
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 with outer.lock:
-                    outer.requests.append({"body": body, "authorization": self.headers.get("authorization")})
+                    outer.requests.append({"body": body, "authorization": self.headers.get("authorization"),
+                                           "at": time.monotonic()})
                     action = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
                 kind = action[0]
                 if kind == "status":

@@ -4,6 +4,7 @@ instruct vs base comparison, typed parameter groups and the CLI's help."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -59,6 +60,31 @@ def test_mbpp_split_is_the_seeds_sizes_deterministic_and_stratified():
     # stratified: the validation split's complexity distribution follows the whole set's
     mean_all = np.mean([r["cyclomatic_complexity"] for r in rows])
     assert abs(np.mean([r["cyclomatic_complexity"] for r in val]) - mean_all) < 0.1
+    # ... and tightly: dealt in runs of ten down the complexity order, every split holds its share of the
+    # problems up to each complexity within 3 (a hash-only split or a random subset is off by ~15 somewhere)
+    assert_dealt_by_complexity(rows, a)
+
+
+def assert_dealt_by_complexity(rows, which):
+    shares = {"sae": 0.5, "hyperparams": 0.1, "validation": 0.4}
+    for c in sorted({r["cyclomatic_complexity"] for r in rows}):
+        upto = [which[r["task_id"]] for r in rows if r["cyclomatic_complexity"] <= c]
+        for split, share in shares.items():
+            assert abs(upto.count(split) - share * len(upto)) <= 3, (c, split, upto.count(split), len(upto))
+
+
+def test_split_deals_runs_of_ten_in_complexity_order_with_hash_ties():
+    rows = [{"task_id": i, "cyclomatic_complexity": 1 + i % 7} for i in range(200)]
+    which = mbpp.assign_splits(rows, seed=3)
+    assert_dealt_by_complexity(rows, which)
+    ordered = sorted(rows, key=lambda r: (r["cyclomatic_complexity"],
+                                          hashlib.sha256(f"3:{r['task_id']}".encode()).hexdigest()))
+    dealt = ["sae"] * 5 + ["hyperparams"] + ["validation"] * 4
+    assert [which[r["task_id"]] for r in ordered] == dealt * 20
+    assert mbpp.assign_splits(rows, seed=4) != which  # the seed orders the ties
+    assert mbpp.cyclomatic_complexity("def f(x):\n    return [y for y in x if y if y > 1]\n") == 4
+    assert mbpp.cyclomatic_complexity("def f(:") == 1
+    assert mbpp.cyclomatic_complexity("while a or b or c:\n    pass\n") == 4
     assert mbpp.cyclomatic_complexity("def f(x):\n    if x and x > 1:\n        return 1\n    return 2\n") == 3
 
 
@@ -101,7 +127,7 @@ def test_captured_residual_equals_output_hidden_states(tiny_models, arch):
     prompts = [codegen.mbpp_prompt(tok, p) for p in PROBLEMS[:3]]
     outs = codegen.generate_batch(model, tok, prompts, codegen.GenerationConfig(max_new_tokens=6,
                                                                               capture_generated=True), [0, 1])
-    for prompt, out in zip(prompts, outs):
+    for prompt, out in zip(prompts, outs, strict=True):
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             hs = model(**enc, output_hidden_states=True).hidden_states  # (L+1) x [1, S, D]
@@ -138,7 +164,7 @@ def test_batched_greedy_equals_unbatched(llama):
     batched = codegen.generate_batch(model, tok, prompts, cfg, [1])
     single = [codegen.generate_batch(model, tok, [p], cfg, [1])[0] for p in prompts]
     assert len({tok(p)["input_ids"].__len__() for p in prompts}) > 1  # padding really happens
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert b["completion"] == s["completion"] and b["completion_tokens"] == s["completion_tokens"]
         assert np.allclose(b["activations"][1]["last_prompt"], s["activations"][1]["last_prompt"], atol=1e-4)
 
@@ -174,6 +200,30 @@ def test_resume_skips_finished_tasks_and_never_duplicates(tmp_path, llama):
     ds = pd.read_parquet(merged["dataset"])
     assert Path(merged["dataset"]).name == "dataset_instruct_temp_0_0.parquet"
     assert ds["task_id"].is_unique and len(ds) == 7
+
+
+def test_a_non_input_failure_retries_problem_by_problem(tmp_path, llama):
+    """A failure that is not bad input (here a ValueError while building one problem's row) fails the batch;
+    each problem is then retried alone: the healthy one gets its row, the failing one is excluded after
+    max_attempts tries, with its error."""
+    model, tok = llama
+    logs: list[str] = []
+    broken = {**PROBLEMS[2], "task_id": 950, "cyclomatic_complexity": "not a number"}  # int() raises ValueError
+    for attempts in (2, 3):
+        cfg = ab.BaselineConfig(max_new_tokens=3, batch_size=2, max_attempts=attempts, sandbox_workers=1)
+        rows, excluded = ab.process_batch(model, tok, [PROBLEMS[0], broken], [1], cfg, tmp_path / str(attempts),
+                                          log=logs.append, batch_id="s/b0007")
+        assert [r["task_id"] for r in rows] == [PROBLEMS[0]["task_id"]]
+        assert rows[0]["attempts"] == 2 and rows[0]["batch_id"] == f"s/b0007.r{PROBLEMS[0]['task_id']}"
+        [gone] = excluded
+        assert gone["task_id"] == 950 and gone["attempts"] == attempts
+        assert gone["error"].startswith("ValueError: invalid literal for int()")
+    assert any("retrying problem by problem" in line for line in logs)
+    assert any("task 950 excluded after 3 attempt(s)" in line for line in logs)
+    # bad input (ReasonlabError) alone in its batch is not retried
+    cfg = ab.BaselineConfig(max_new_tokens=3, batch_size=1, max_prompt_tokens=5, max_attempts=3, sandbox_workers=1)
+    rows, [gone] = ab.process_batch(model, tok, [PROBLEMS[0]], [1], cfg, tmp_path / "bad", log=logs.append)
+    assert rows == [] and gone["attempts"] == 1 and "max_prompt_tokens=5" in gone["error"]
 
 
 # ---------------------------------------------------------------- the flow: shards, kill -9, Ray
@@ -223,7 +273,8 @@ def test_kill_9_mid_run_then_rerun_resumes_every_task_once(tmp_path, tiny_models
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpts, "no checkpoint appeared before the run ended"
-    at_kill = len(pd.read_parquet(ckpts[0]))
+    before = pd.read_parquet(ckpts[0])
+    at_kill = len(before)
     assert 1 <= at_kill < len(PROBLEMS)
     assert not list(home.glob("runs/activation_baseline/*/dataset_*.parquet"))  # killed before the merge
 
@@ -233,6 +284,12 @@ def test_kill_9_mid_run_then_rerun_resumes_every_task_once(tmp_path, tiny_models
     ds = pd.read_parquet(summary["dataset"])
     assert sorted(ds["task_id"]) == [p["task_id"] for p in PROBLEMS]  # every task exactly once
     assert "resuming" in done.stderr + done.stdout
+    # before the merge (which drops repeated task_ids): the shards' checkpoints hold each task once, and the
+    # rows finished before the kill were kept, not generated again
+    shard_rows = pd.concat([pd.read_parquet(c) for c in home.glob("runs/activation_baseline/*/shards/*/checkpoint.parquet")])
+    assert sorted(shard_rows["task_id"]) == [p["task_id"] for p in PROBLEMS]
+    kept = shard_rows.set_index("task_id").loc[list(before["task_id"]), "batch_id"]
+    assert list(kept) == list(before["batch_id"])
 
 
 def test_ray_task_runner_fans_out_shards_and_merges(tiny_models, problems_parquet):

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from ports import free_port
 from deployments.server import start_file_server
 from reasonlab import paths
 from tasks.run_info import read_flow_run
@@ -78,12 +78,6 @@ def test_without_a_file_server_the_markdown_says_how_to_see_the_picture(monkeypa
         record.unlink()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,7 +93,7 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 def test_server_command_gives_the_ui_its_api_and_serves_run_files(tmp_path):
     """`python -m deployments.server --port P`: the UI's settings name http://127.0.0.1:P/api (a plain
     `prefect server start --port P` leaves the UI blank), and the run files are served at P+1."""
-    port = free_port()
+    port = free_port(span=2)  # the server's API at port, the run files at port + 1
     home = tmp_path / "home"
     write_png(home / "runs" / "r" / "p.png")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REASONLAB_"))}

@@ -32,9 +32,34 @@ def tiny64(tiny_models):
     return models
 
 
+def reference_metric(logits) -> float:
+    """m = logit(A) - logit(B) at the last position, written out here (not A.logit_diff): the references
+    of every test below use it, so a flipped sign in the module is seen by each of them."""
+    return float(logits[0, -1, A_ID]) - float(logits[0, -1, B_ID])
+
+
 def metric_with(model, edit):
     with torch.no_grad(), A.mlp_post_hooks(model, edit=edit):
-        return float(A.logit_diff(model(IDS).logits, A_ID, B_ID)[0])
+        return reference_metric(model(IDS).logits)
+
+
+def test_metric_is_correct_minus_wrong_and_positive_influence_favours_the_correct_token(tiny64):
+    model = tiny64["llama"]
+    with torch.no_grad():
+        logits = model(IDS).logits
+    m = A.logit_diff(logits, A_ID, B_ID)
+    assert m.shape == (1,) and float(m[0]) == pytest.approx(reference_metric(logits))
+    assert float(m[0]) == pytest.approx(float(logits[0, -1, A_ID] - logits[0, -1, B_ID])) and float(m[0]) != 0
+    # the node with the largest positive influence: removing it (a -> 0) lowers logit(A) - logit(B)
+    # by about its influence, i.e. it was pushing toward A, the correct token
+    attr = A.act_x_grad(model, IDS, A_ID, B_ID)
+    assert attr.metric == pytest.approx(reference_metric(logits))
+    node = tuple(int(i) for i in torch.unravel_index(attr.influence.argmax(), attr.influence.shape))
+    assert float(attr.influence[node]) > 0
+    ablated = metric_with(model, nudge(node, -float(attr.activations[node])))
+    assert ablated < attr.metric
+    clean, [delta] = A.ablation_effects(model, IDS, [node], A_ID, B_ID)
+    assert clean == pytest.approx(attr.metric) and delta == pytest.approx(ablated - attr.metric, rel=1e-5, abs=1e-7)
 
 
 def nudge(node, eps):
@@ -131,12 +156,14 @@ def test_ablation_effects_are_real_single_neuron_ablations(tiny64):
     attr = A.act_x_grad(model, IDS, A_ID, B_ID)
     nodes = A.prune_nodes(attr.influence, 0.05, "max", max_nodes=5).nodes
     clean, deltas = A.ablation_effects(model, IDS, nodes, A_ID, B_ID, batch_size=2)
-    assert clean == pytest.approx(attr.metric)
-    for node, delta in zip(nodes, deltas):
+    assert clean == pytest.approx(metric_with(model, None)) and len(deltas) == len(nodes) == 5
+    for node, delta in zip(nodes, deltas, strict=True):
         one = metric_with(model, nudge(node, -float(attr.activations[node])))  # a + (-a) = 0
         assert delta == pytest.approx(one - clean, rel=1e-5, abs=1e-7)
     assert A.rank_agreement([1.0, 2.0, 3.0], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
     assert A.rank_agreement([1.0, 2.0], [1.0, 2.0]) is None
+    assert A.rank_agreement([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert A.rank_agreement([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # constant: no rank order
 
 
 def test_graph_on_stories_chat_prompt_writes_json_png_html(tiny_models, tmp_path):
@@ -155,7 +182,10 @@ def test_graph_on_stories_chat_prompt_writes_json_png_html(tiny_models, tmp_path
         assert n["token"] == graph["tokens"][n["position"]] and n["hook"] == f"blocks.{n['layer']}.mlp.hook_post"
     ids = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in ids and e["target"] in ids | {"logit_diff"} for e in graph["edges"])
-    assert len(graph["ablation"]["real"]) == 8 and graph["ablation"]["spearman"] is not None
+    assert len(graph["ablation"]["real"]) == 8
+    from scipy.stats import spearmanr
+    abl = graph["ablation"]
+    assert abl["spearman"] == pytest.approx(spearmanr(abl["predicted"], abl["real"]).statistic)
     files = write_graph(graph, tmp_path / "g")
     assert json.loads(open(files["json"]).read())["nodes"] == graph["nodes"]
     assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -215,3 +245,111 @@ def test_smollm2_aldosterone_graph_agrees_with_ablation():
     assert graph["ablation"]["spearman"] > 0.3, graph["ablation"]
     with pytest.raises(ReasonlabError, match=r"' Aldosterone' is not one token: it becomes \[' Ald', 'osterone'\]"):
         A.contrastive_ids(tokenizer, [" Aldosterone", " Ren"])
+
+
+# ---------------------------------------------------------------------------- the math's edges (mutation-tested)
+
+def test_attribution_needs_no_parameter_gradients_and_names_its_method(tiny64):
+    model = tiny64["qwen2"]
+    ref = A.act_x_grad(model, IDS, A_ID, B_ID)
+    model.requires_grad_(False)  # an inference-loaded model: gradients flow from the activations alone
+    try:
+        frozen = A.act_x_grad(model, IDS, A_ID, B_ID)
+        ig = A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients", steps=2)
+        nodes = A.prune_nodes(frozen.influence, 0.05, "max", max_nodes=6).nodes
+        W = A.compute_edges(model, IDS, nodes, A_ID, B_ID)
+    finally:
+        model.requires_grad_(True)
+    assert torch.equal(frozen.influence, ref.influence) and frozen.method == "act_x_grad"
+    assert ig.method == "integrated_gradients" and W.abs().sum() > 0
+    assert torch.equal(ig.activations, ref.activations) and torch.equal(ig.gradients, ref.gradients)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_integrated_gradients_use_midpoint_alphas(tiny64):
+    """steps=2: I = a * mean(dm/da at 0.25 a, dm/da at 0.75 a), layer by layer (the midpoint rule)."""
+    model = tiny64["llama"]
+    ig = A.integrated_gradients(model, IDS, A_ID, B_ID, steps=2)
+    assert A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients", steps=2).influence.equal(ig.influence)
+    eight = A.integrated_gradients(model, IDS, A_ID, B_ID, steps=8)
+    assert A.integrated_gradients(model, IDS, A_ID, B_ID).influence.equal(eight.influence)  # the default: 8 steps
+    assert A.attribute(model, IDS, A_ID, B_ID, "integrated_gradients").influence.equal(eight.influence)
+    assert A.attribute(model, IDS, A_ID, B_ID).influence.equal(A.act_x_grad(model, IDS, A_ID, B_ID).influence)
+    for layer in (0, 1):
+        grads = []
+        for alpha in (0.25, 0.75):
+            def scaled(l, x, layer=layer, alpha=alpha):
+                if l != layer:
+                    return x
+                return (x.detach() * alpha).requires_grad_(True)
+            with torch.enable_grad(), A.mlp_post_hooks(model, edit=scaled, layers={layer}) as acts:
+                logits = model(IDS).logits
+                m = logits[0, -1, A_ID] - logits[0, -1, B_ID]
+                [g] = torch.autograd.grad(m, [acts[layer]])
+            grads.append(g[0])
+        expected = ig.activations[layer] * (grads[0] + grads[1]) / 2
+        assert torch.allclose(ig.influence[layer], expected.float(), rtol=1e-4, atol=1e-7)
+    one = A.integrated_gradients(model, IDS, A_ID, B_ID, steps=1)
+    assert one.influence.shape == ig.influence.shape
+    for bad in (0, -1):
+        with pytest.raises(ReasonlabError, match=f"integrated gradients needs steps >= 1, got {bad}"):
+            A.integrated_gradients(model, IDS, A_ID, B_ID, steps=bad)
+    with pytest.raises(ReasonlabError, match=r"unknown attribution method 'saliency': use one of \('act_x_grad'"):
+        A.attribute(model, IDS, A_ID, B_ID, "saliency")
+
+
+def test_pruning_at_exact_thresholds_and_totals():
+    infl = torch.tensor([[[0.5, -0.25, 0.25, 0.0]]])  # sum |I| = 1.0 exactly, ties at 0.25
+    total = A.prune_nodes(infl, 0.25, "total")
+    assert total.nodes == [(0, 0, 0), (0, 0, 1), (0, 0, 2)] or total.nodes == [(0, 0, 0), (0, 0, 2), (0, 0, 1)]
+    assert (total.threshold, total.total_abs, total.kept_abs, total.capped) == (0.25, 1.0, 1.0, False)
+    top = A.prune_nodes(infl, 0.5, "max")
+    assert len(top.nodes) == 3 and top.threshold == 0.25  # >= tau * max keeps the ties
+    cum = A.prune_nodes(infl, 0.5, "cumulative")
+    assert cum.nodes == [(0, 0, 0)] and cum.threshold == 0.5 and cum.kept_abs == 0.5
+    cum = A.prune_nodes(infl, 0.25, "cumulative")
+    assert len(cum.nodes) == 2 and cum.threshold == 0.25 and cum.kept_abs == 0.75
+    # float64 for the cumulative cut: float32(0.9) < 0.9, so the top node alone does not reach 90 % of the total
+    near = A.prune_nodes(torch.tensor([0.9, 0.1]), 0.1, "cumulative")
+    assert len(near.nodes) == 2 and near.total_abs == 1.0
+    exact = A.prune_nodes(infl, 0.25, "total", max_nodes=3)
+    assert len(exact.nodes) == 3 and not exact.capped  # the cap equals the count: nothing removed
+    one = A.prune_nodes(infl, 0.25, "total", max_nodes=1)
+    assert one.nodes == [(0, 0, 0)] and one.capped and one.kept_abs == 0.5
+    zero = A.prune_nodes(torch.zeros(2, 3, 4), 0.05)
+    assert (zero.nodes, zero.threshold, zero.total_abs, zero.kept_abs, zero.capped) == ([], 0.0, 0.0, 0.0, False)
+    for bad in (0, -3):
+        with pytest.raises(ReasonlabError, match=f"max_nodes must be >= 1, got {bad}"):
+            A.prune_nodes(infl, 0.25, max_nodes=bad)
+
+
+def test_edges_over_three_layers_batched_equal_one_backward_per_node():
+    from transformers import LlamaConfig
+
+    torch.manual_seed(2)
+    cfg = LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.float64).eval()
+    attr = A.act_x_grad(model, IDS, A_ID, B_ID)
+    nodes = sorted({*A.prune_nodes(attr.influence, 0.01, "max", max_nodes=9).nodes,
+                    (0, 2, 1), (1, 3, 2), (1, 5, 7), (2, 5, 3), (2, 7, 4)}, key=lambda n: n[0])
+    assert {l for l, _, _ in nodes} == {0, 1, 2}
+    W = A.compute_edges(model, IDS, nodes, A_ID, B_ID)
+    assert torch.allclose(W, A.compute_edges(model, IDS, nodes, A_ID, B_ID, batched=False), rtol=1e-9, atol=1e-12)
+    eps = 1e-3
+    for i, up in enumerate(nodes):
+        for j, down in enumerate(nodes):
+            if up[0] >= down[0] or up[1] > down[1]:
+                assert W[i, j] == 0, (up, down)
+                continue
+
+            def value(edit, down=down):
+                with torch.no_grad(), A.mlp_post_hooks(model, edit=edit) as captured:
+                    model(IDS)
+                    return float(captured[down[0]][0, down[1], down[2]])
+            d_act = (value(nudge(up, eps)) - value(nudge(up, -eps))) / (2 * eps)
+            expected = float(attr.activations[up]) * d_act * float(attr.gradients[down])
+            assert float(W[i, j]) == pytest.approx(expected, rel=5e-3, abs=1e-6), (up, down)
+    assert (W[:, [j for j, n in enumerate(nodes) if n[0] == 2]] != 0).any()  # layer 0 -> 2 and 1 -> 2 both
+    assert A.compute_edges(model, IDS, [], A_ID, B_ID).shape == (0, 0)
+    assert A.compute_edges(model, IDS, [nodes[0]], A_ID, B_ID).tolist() == [[0.0]]

@@ -130,11 +130,12 @@ def test_bad_input_fails_before_model_work(tmp_path, stories_chat, monkeypatch):
         monkeypatch.setenv("REASONLAB_LLM_BASE_URL", base_url)
         with pytest.raises(ReasonlabError, match=r"refused the API key \(HTTP 401\).*TEST_DSPY_KEY"):
             dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
-    from reasonlab.local_server import free_port
+    from ports import refused_url
 
-    monkeypatch.setenv("REASONLAB_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
-    with pytest.raises(ReasonlabError, match="is unreachable .*is the server up"):
-        dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
+    with refused_url() as url:  # bound and never listening: refused, and no other process can take the port
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", url)
+        with pytest.raises(ReasonlabError, match="is unreachable .*is the server up"):
+            dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
     assert lms.generations() == before
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,11 @@ import httpx
 import pytest
 import yaml
 
+from ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO_DIR = os.environ.get("REASONLAB_DEMO_DIR")  # set it to keep the sweep's plot and rows after the test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -247,7 +242,7 @@ def test_sweep_over_two_models_then_rerun_reuses_children(cluster, stories_input
     assert stories1["target_cases"] == 1 and stories1["tasks"] >= 6 and stories1["tasks_cached"] < stories1["tasks"]
     assert stories1["sft_p_correct"] is not None and stories1["base_p_correct"] > 0
     assert qwen1["tasks"] >= 2  # load-prompts + topk-filter at least (a random tiny model has no target case)
-    for r1, r2 in zip(rows1, rows2):  # rerun: new child runs, every task Cached, same numbers
+    for r1, r2 in zip(rows1, rows2, strict=True):  # rerun: new child runs, every task Cached, same numbers
         assert r2["flow_run_id"] != r1["flow_run_id"] and r2["tasks"] == r1["tasks"] and r2["tasks_cached"] == r2["tasks"]
         assert (r2["target_cases"], r2["base_p_correct"], r2["sft_p_correct"]) == \
                (r1["target_cases"], r1["base_p_correct"], r1["sft_p_correct"])

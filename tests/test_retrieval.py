@@ -121,7 +121,7 @@ def test_conditions_are_on_the_same_questions(library, seed_questions):
     assert list(items) == ["none", "top1", "top3", "oracle", "random_other"]
     assert all([i["id"] for i in v] == [q["id"] for q in seed_questions] for v in items.values())
     assert [i["domains"] for i in items["oracle"]] == [["cardiology"], ["endocrinology"], ["obstetrics"]]
-    assert all(i["domains"][0] != q["domain"] for i, q in zip(items["random_other"], seed_questions))
+    assert all(i["domains"][0] != q["domain"] for i, q in zip(items["random_other"], seed_questions, strict=True))
     assert items["none"][0]["instruction"] == "" and "Reasoning steps:\n1. " in items["top1"][0]["instruction"]
     with pytest.raises(ReasonlabError, match="domain 'dermatology', which the instruction library does not have"):
         conditions.check_domains([{**seed_questions[0], "domain": "dermatology"}], TINY_LIBRARY)
@@ -142,8 +142,8 @@ def _one_forward_vs_references(model, tokenizer, q, instruction=""):
     assert forward_passes() - before == 3  # the shared prefix once, then all four continuations in one batch
     per_option = option_scoring.letter_logprobs_per_option(model, tokenizer, prompt, letters)
     unbatched = option_scoring.option_text_scores_unbatched(model, tokenizer, prompt, texts)
-    assert max(abs(a - b) for a, b in zip(one, per_option)) < 1e-4
-    assert max(abs(a - b) for a, b in zip(batched, unbatched)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(one, per_option, strict=True)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(batched, unbatched, strict=True)) < 1e-4
     return extra
 
 

@@ -21,7 +21,7 @@ from reasonlab import sandbox
 from reasonlab.errors import ReasonlabError
 from reasonlab.sandbox import MAX_TASKS, SandboxResult, extract_code, isolation, run_many, run_program
 
-IN_CI = os.environ.get("CI") == "true"  # CI runs as root on Linux with bubblewrap installed (make test)
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")  # CI runs as root on Linux with bubblewrap installed (make test)
 
 # The programs print their sandbox's environment token first, so the test can look for survivors.
 TOKEN = "import os\nprint(os.environ['REASONLAB_SANDBOX'], flush=True)\n"
@@ -53,6 +53,38 @@ def token_of(res: SandboxResult) -> str:
 
 def assert_no_survivors(token: str) -> None:
     assert live_processes_with(token) == [], "sandbox processes survived the run"
+
+
+LAYERS = ("read_confined", "pidns", "private_tmp", "no_network", "uid", "no_new_privs")  # + capabilities == 0
+
+
+def missing_layer(name: str, why: str) -> None:
+    """A check that needs layer `name` cannot run here: skipped with the layer's name in the summary (-rs);
+    a failure in CI, where every layer must be active (root on Linux, bubblewrap installed by `make test`)."""
+    message = f"sandbox layer {name!r} is not active here, so {why} was not checked: {isolation_or_error()}"
+    if IN_CI:
+        pytest.fail(message + " - CI must have it (root, bubblewrap installed by `make test`)")
+    pytest.skip(message)
+
+
+def isolation_or_error(confinement: str | None = None) -> dict:
+    try:
+        return isolation(confinement)
+    except ReasonlabError as e:
+        return {"error": str(e)}
+
+
+def test_every_sandbox_layer_is_active_or_reported():
+    """One place that names each missing layer (the summary shows it); in CI a missing layer fails."""
+    iso = isolation_or_error()
+    missing = [name for name in LAYERS if not iso.get(name)]
+    if iso.get("capabilities") != 0:
+        missing.append("capabilities")
+    if iso.get("confinement") != "bwrap":
+        missing.append("bwrap")
+    if missing:
+        missing_layer(", ".join(missing), "the whole confinement")
+    assert iso["unavailable"] == {}, iso
 
 
 def needs_layer(name: str, confinement: str | None = None) -> dict:
@@ -164,9 +196,10 @@ def test_process_count_is_capped_and_orphans_are_killed():
     assert res.status == "passed", res
     forked = int(res.stdout.splitlines()[1])
     assert 0 < forked < 1000
-    if isolation().get("uid"):
-        assert forked < MAX_TASKS
     assert_no_survivors(token)
+    if not isolation().get("uid"):
+        missing_layer("uid", f"the process cap (MAX_TASKS={MAX_TASKS}; {forked} forks succeeded)")
+    assert forked < MAX_TASKS
 
 
 def test_memory_bomb_is_an_error_and_the_parent_is_fine():
@@ -197,7 +230,7 @@ def test_writes_and_deletes_outside_its_dir_are_refused(tmp_path):
         "caught": f"import os\ntry:\n    os.remove({str(victim)!r})\nexcept OSError:\n    pass\n",
     }
     results = run_many([{"code": code, "tests": ["assert True"]} for code in attempts.values()])
-    for name, res in zip(attempts, results):
+    for name, res in zip(attempts, results, strict=True):
         assert res.status == "error", (name, res)
         assert res.violations and "outside the sandbox directory" in res.violations[0], (name, res)
     assert results[-1].error_type == "SandboxViolation"
@@ -354,7 +387,7 @@ def test_hostile_reads_and_writes_are_contained(confinement, host_secrets):
     }
     results = run_many([{"code": code, "tests": ["assert True"]} for code in attempts.values()],
                        confinement=confinement)
-    for (name, code), res in zip(attempts.items(), results):
+    for (name, code), res in zip(attempts.items(), results, strict=True):
         assert res.status == "error", (name, res)
         assert not leaked(res, secret), (name, res)
         assert secret_dir.name not in res.stdout, (name, res)

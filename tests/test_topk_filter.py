@@ -28,6 +28,30 @@ def test_rejections_say_why(tokens, reason):
     assert row["status"] == "rejected" and reason in row["reason"]
 
 
+def test_special_token_top1_is_rejected_as_special():
+    tokens = [("</s>", .4), (" ren", .2), (" al", .1)]
+    row = classify(ITEM, topk(*tokens), {2}, special_ids={0})
+    assert row["status"] == "rejected" and row["reason"] == "top-1 '</s>' is a special token"
+    assert row["correct_rank"] == 3
+    # the same list without special ids: '</s>' is then an ordinary wrong word and the case is a target
+    assert classify(ITEM, topk(*tokens), {2}, special_ids=set())["status"] == "target"
+
+
+@pytest.mark.parametrize("max_rank", [2, 3, 5])
+def test_max_rank_is_inclusive_and_one_more_is_rejected(max_rank):
+    filler = [(f" w{i}x", .01) for i in range(10)]
+    for rank in (2, max_rank - 1, max_rank, max_rank + 1):
+        if rank < 2:
+            continue
+        tokens = [(" ren", .3), *filler[: rank - 2], (" al", .05), *filler[rank - 2:]]
+        row = classify(ITEM, topk(*tokens), {rank - 1}, special_ids=set(), max_rank=max_rank)
+        assert row["correct_rank"] == rank
+        if rank <= max_rank:
+            assert row["status"] == "target", (rank, row.get("reason"))
+        else:
+            assert row["status"] == "rejected" and row["reason"] == f"answer at rank {rank}, beyond rank {max_rank}"
+
+
 def test_target_case_like_the_seed_table():
     tokens = [(" ren", .23), (" sodium", .18), (" the", .10), (" a", .05), (" al", .05)]
     row = classify(ITEM, topk(*tokens), {4}, special_ids=set())
@@ -52,9 +76,11 @@ def test_batched_equals_per_prompt(which, stories_path, tiny_models):
     model, tokenizer = load_model(resolve_model(str(folder)))
     batched = next_token_topk(model, tokenizer, PROMPTS, k=10, batch_size=4)
     single = [next_token_topk(model, tokenizer, [p], k=10, batch_size=1)[0] for p in PROMPTS]
-    for b, s in zip(batched, single):
+    assert len(batched) == len(single) == len(PROMPTS)
+    for b, s in zip(batched, single, strict=True):
+        assert len(b) == len(s) == 10
         assert [t.token_id for t in b[:5]] == [t.token_id for t in s[:5]]
-        assert max(abs(x.prob - y.prob) for x, y in zip(b, s)) < 1e-4
+        assert max(abs(x.prob - y.prob) for x, y in zip(b, s, strict=True)) < 1e-4
 
 
 def word(t):
@@ -72,3 +98,71 @@ def test_filter_finds_a_real_target_on_stories(stories_path):
     [case] = result["target_cases"]
     assert case["wrong_token"] == top[0].token and case["correct_rank"] == top.index(runner_up) + 1
     assert [r["prompt"] for r in result["rejected"]] == ["The dog ran to the"]
+
+
+def test_rows_hold_every_field_the_later_stages_read():
+    tokens = [(" ren", .23), (" sodium", .18), (" al", .05)]
+    row = classify(ITEM, topk(*tokens), {2}, special_ids=set())
+    assert row == {"prompt": ITEM.prompt, "answer": "aldosterone", "topic": ["blood pressure"],
+                   "top_k": [{"token": t, "token_id": i, "prob": p} for i, (t, p) in enumerate(tokens)],
+                   "status": "target", "wrong_token": " ren", "wrong_token_id": 0, "wrong_prob": .23,
+                   "correct_token": " al", "correct_token_id": 2, "correct_prob": .05, "correct_rank": 3}
+    rejected = classify(ITEM, topk((" the", .3), (" al", .1)), {1}, special_ids=set())
+    assert rejected == {"prompt": ITEM.prompt, "answer": "aldosterone", "topic": ["blood pressure"],
+                        "top_k": [{"token": " the", "token_id": 0, "prob": .3}, {"token": " al", "token_id": 1, "prob": .1}],
+                        "status": "rejected", "reason": "top-1 ' the' is a function word", "correct_rank": 2}
+
+
+def test_a_two_letter_prefix_starts_the_answer_and_one_letter_does_not():
+    item = PromptItem("The hormone is", "Ne")
+    assert classify(item, topk((" ren", .3), (" ne", .1)), set(), special_ids=set())["correct_rank"] == 2
+    one = classify(PromptItem("The letter is", "nu"), topk((" ren", .3), (" n", .1)), set(), special_ids=set())
+    assert one["status"] == "rejected" and one["correct_rank"] is None
+
+
+def test_top_tokens_are_the_largest_probabilities_with_their_ids(stories_path):
+    import torch
+
+    from reasonlab.concept_sft.topk_filter import top_tokens
+
+    _, tokenizer = load_model(resolve_model(str(stories_path)))
+    probs = torch.zeros(512)
+    probs[[370, 376, 393]] = torch.tensor([0.2, 0.5, 0.3])
+    assert len(top_tokens(tokenizer, probs)) == 10  # the default k
+    top = top_tokens(tokenizer, probs, k=3)
+    assert [(t.token, t.token_id, t.prob) for t in top] == [(" little", 376, 0.5), (" happy", 393, pytest.approx(0.3)),
+                                                           (" big", 370, pytest.approx(0.2))]
+
+
+def test_filter_defaults_are_the_chat_prompt_with_an_empty_system_prompt_and_the_answer_prefix(tiny_models):
+    """filter_prompts with its defaults decides exactly as classify on the documented prompt text."""
+    from reasonlab.prompt_format import build_prompt
+    from reasonlab.tokens import first_token_ids
+
+    model, tokenizer = load_model(resolve_model(str(tiny_models["llama"])))
+    items = [PromptItem("The little girl saw a", "little"), PromptItem("The dog ran to the", "park")]
+    for fmt, kwargs, system, prefix in (("chat", {"fmt": "chat"}, "", " Answer:"), ("completion", {}, "", " Answer:"),
+                                        ("chat", {"fmt": "chat", "system_prompt": "Be brief.", "answer_prefix": " A:"},
+                                         "Be brief.", " A:")):
+        result = filter_prompts(model, tokenizer, items, **kwargs)
+        texts = [build_prompt(tokenizer, it.prompt, fmt, system, prefix) for it in items]
+        assert fmt == "completion" or all(t.endswith(f"<|assistant|>{prefix}") and f"<|system|>{system}\n" in t
+                                          for t in texts)
+        expected = [classify(it, tk, first_token_ids(tokenizer, it.answer), set(tokenizer.all_special_ids), 5)
+                    for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
+        assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
+        assert (result["format"], result["top_k"], result["max_rank"]) == (fmt, 10, 5)
+
+
+def test_filter_passes_k_and_max_rank_through(stories_path):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
+    third = top[2].token.strip()  # the answer at rank 3: a target with max_rank 5, rejected with max_rank 2
+    items = [PromptItem("The little girl saw a", third)]
+    wide = filter_prompts(model, tokenizer, items, k=5)
+    assert [len(r["top_k"]) for r in wide["target_cases"] + wide["rejected"]] == [5] and wide["top_k"] == 5
+    narrow = filter_prompts(model, tokenizer, items, max_rank=2)
+    [case] = wide["target_cases"]  # stories260K: ' big', then ' red', ' little', ...
+    assert case["correct_rank"] == 3
+    [r] = narrow["rejected"]
+    assert r["reason"] == "answer at rank 3, beyond rank 2" and narrow["max_rank"] == 2

@@ -257,10 +257,13 @@ def prune_nodes(influence: torch.Tensor, tau: float, mode: str = "total", max_no
 
 # ---------------------------------------------------------------------------- edges
 
-def compute_edges(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: int) -> torch.Tensor:
+def compute_edges(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: int,
+                  batched: bool = True) -> torch.Tensor:
     """W [n, n]: W[u, d] = a_u * d(a_d * g_d)/da_u for kept u upstream of kept d (0 elsewhere).
 
-    One forward, one backward for g = dm/da, then one backward per kept downstream node (retained graph).
+    One forward, one backward for g = dm/da, then one batched backward over the kept downstream nodes (vmap),
+    or one backward per kept downstream node (retained graph) when an op has no batching rule or `batched`
+    is False (the same W, slower).
     """
     n = len(nodes)
     W = torch.zeros(n, n)
@@ -279,6 +282,8 @@ def compute_edges(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: 
                                nodes[j][2]].detach() for j in targets])
             ups = layers[:-1]
             try:
+                if not batched:
+                    raise RuntimeError("one backward per downstream node, as asked")
                 eye = torch.eye(len(targets), dtype=out.dtype, device=out.device)
                 per = torch.autograd.grad(out, [acts[l] for l in ups], grad_outputs=eye, retain_graph=True,
                                           is_grads_batched=True, allow_unused=True)  # each [n_targets, 1, pos, d_mlp]

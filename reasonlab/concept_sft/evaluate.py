@@ -32,7 +32,7 @@ def evaluate_cases(model, tokenizer, cases: list[dict], formats: list[Format], *
 def compare(base: list[dict], tuned: list[dict]) -> list[dict]:
     """The seed's results table: base wrong->correct vs SFT wrong->correct, one row per case and format."""
     table = []
-    for b, t in zip(base, tuned):
+    for b, t in zip(base, tuned, strict=True):
         assert (b["prompt"], b["format"]) == (t["prompt"], t["format"])
         table.append({
             "prompt": b["prompt"], "answer": b["answer"], "wrong_token": b["wrong_token"], "format": b["format"],
