@@ -31,6 +31,7 @@ def test_429_retry_after_is_honoured_and_usage_recorded():
     assert reply.content == "hello" and reply.attempts == 2
     rec = client.calls[0]
     assert rec.status == "ok" and rec.label == "t" and rec.waits_s[0] >= 1.0 and "HTTP 429" in rec.errors[0]
+    assert 1.0 < rec.latency_s < 3.0 and rec.latency_s == round(rec.latency_s, 3)  # the wait is in the latency
     assert (rec.prompt_tokens, rec.completion_tokens) == (100, 50)
     assert rec.cost_usd == pytest.approx(100 * 0.01 / 1000 + 50 * 0.03 / 1000)
     assert client.usage_summary()["attempts"] == 2
@@ -42,6 +43,9 @@ def test_5xx_and_timeout_are_retried_then_give_up():
         reply = client.chat(MSGS)
         assert reply.content == "fine" and reply.attempts == 4
         assert client.calls[0].errors[2] == "timeout after 0.5s"
+    waits = client.calls[0].waits_s  # exponential backoff, base 0.05 s, up to 25 % jitter, kept to the millisecond
+    assert len(waits) == 3 and all(0.05 * 2 ** i <= w <= 0.0625 * 2 ** i + 0.001 for i, w in enumerate(waits))
+    assert waits == [round(w, 3) for w in waits]
     with ScriptedLLM([("status", 502)]) as srv:
         client = LLMClient(cfg(srv, max_retries=2))
         with pytest.raises(LLMUnavailable, match="after 3 attempts"):
