@@ -9,7 +9,8 @@ An LM is described by plain data (an `LMSpec`), which is what cache keys and res
 
 Offline models run in-process through DSPy's engine extension point (`dspy.LM(engine=...)`, DSPy 3.4):
 `LocalEngine.complete(Request) -> Response` over the project's one model loader, thread-safe under DSPy's
-`num_threads` through a batching queue (concurrent greedy requests become one batched generate), with usage (prompt / completion tokens) counted by the
+`num_threads` through a batching queue (concurrent greedy requests become one batched generate), with
+usage (prompt / completion tokens) counted by the
 tokenizer and the compute seconds of each generation recorded in the response. DSPy's cache key
 ignores `api_base`, so the weights fingerprint is part of the model name: two checkpoints never share
 cache entries. The temperature is always explicit. DSPy's disk cache lives under $REASONLAB_HOME/dspy_cache.
