@@ -281,16 +281,14 @@ def compute_edges(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: 
             out = torch.stack([acts[nodes[j][0]][0, nodes[j][1], nodes[j][2]] * grads[nodes[j][0]][0, nodes[j][1],
                                nodes[j][2]].detach() for j in targets])
             ups = layers[:-1]
-            try:
-                if not batched:
-                    raise RuntimeError("one backward per downstream node, as asked")
-                eye = torch.eye(len(targets), dtype=out.dtype, device=out.device)
-                per = torch.autograd.grad(out, [acts[l] for l in ups], grad_outputs=eye, retain_graph=True,
-                                          is_grads_batched=True, allow_unused=True)  # each [n_targets, 1, pos, d_mlp]
-                rows = {l: g for l, g in zip(ups, per)}
-                batched = True
-            except RuntimeError:  # an op without a batching rule: one backward per downstream node
-                batched = False
+            if batched:
+                try:
+                    eye = torch.eye(len(targets), dtype=out.dtype, device=out.device)
+                    per = torch.autograd.grad(out, [acts[l] for l in ups], grad_outputs=eye, retain_graph=True,
+                                              is_grads_batched=True, allow_unused=True)  # each [n_targets, 1, pos, d_mlp]
+                    rows = {l: g for l, g in zip(ups, per)}
+                except RuntimeError:  # an op without a batching rule: one backward per downstream node
+                    batched = False
             for t, j in enumerate(targets):
                 ld, pd, _ = nodes[j]
                 if batched:

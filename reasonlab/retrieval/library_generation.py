@@ -88,12 +88,16 @@ def parse_entry(text: str | None) -> dict[str, Any]:
     return obj
 
 
-def check_entry(domain: str, entry: Any, library: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The entry, normalised, if it passes the library's validation and the generation rules."""
+def check_new_domain(domain: str, library: dict[str, dict[str, Any]]) -> None:
     if not DOMAIN_NAME.fullmatch(domain):
         raise ReasonlabError(f"domain name {domain!r} must be lower_snake_case")
     if domain in library:
         raise ReasonlabError(f"domain {domain!r} is already in the library")
+
+
+def check_entry(domain: str, entry: Any, library: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The entry, normalised, if it passes the library's validation and the generation rules."""
+    check_new_domain(domain, library)
     other = next(iter(library))
     checked = validate_library({domain: entry, other: library[other]}, where="generated entry")[domain]
     for field in ("knowledge", "reasoning"):
@@ -116,8 +120,7 @@ def generate_entry(client: LLMClient, domain: str, library: dict[str, dict[str, 
     """(checked entry, provenance) for one new domain; one clear error after `attempts` rejected replies."""
     if attempts < 1:
         raise ReasonlabError(f"attempts must be >= 1, got {attempts}")
-    if not DOMAIN_NAME.fullmatch(domain) or domain in library:
-        check_entry(domain, {}, library)  # raises the naming error
+    check_new_domain(domain, library)  # before any call
     broken, rejected = "", []
     for attempt in range(1, attempts + 1):
         reply = client.chat(build_messages(domain, library, hint, broken), label=f"library:{domain}",
