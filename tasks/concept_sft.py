@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from reasonlab.concept_sft import evaluate, prompts, sft_trainer, topk_filter, training_texts
+from reasonlab.concept_sft import evaluate, experiment, prompts, sft_trainer, topk_filter, training_texts
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel, load_model
 from reasonlab.concept_sft.sft_config import parse_sft_config
@@ -41,31 +41,36 @@ def check_training_texts(texts: list[str], target_cases: list[dict], extra_terms
     return training_texts.check_texts(texts, target_cases, extra_terms)
 
 
-@task(name="sft", **task_options(sft_trainer.VERSION, gpu=True, retries=1))
-def run_sft(model: ResolvedModel, config: dict, output_dir: str) -> dict:
-    """Stage 6: fine-tune on the concept texts; the result holds the checkpoint path."""
+@task(name="sft-experiment", **task_options(experiment.VERSION + "." + sft_trainer.VERSION + "." + evaluate.VERSION,
+                                            gpu=True, retries=1))
+def sft_experiment(model: ResolvedModel, config: dict, cases: list[dict], formats: list[str], output_dir: str,
+                   heldout: Path, answer_prefix: str = " Answer:", k: int = 10, keep_checkpoint: bool = False) -> dict:
+    """Stages 6-7 for one text set and seed: fine-tune, score the cases (prompt, paraphrases, neighbours) and
+    the held-out perplexity; the checkpoint is kept only when asked."""
     cfg = parse_sft_config(config)
-    progress_id = create_progress_artifact(0.0, key="sft-progress", description="SFT optimizer steps")
-
     logger = get_run_logger()
+    progress_id = create_progress_artifact(0.0, description=f"SFT optimizer steps (seed {cfg.seed})")
 
     def report(step: int, total: int, loss: float | None) -> None:
         update_progress_artifact(progress_id, 100.0 * step / max(total, 1))
         if loss is not None:
             logger.info(f"step {step}/{total} loss {loss:.4f}")
 
-    summary = sft_trainer.run_sft(model, cfg, output_dir, progress=report)
-    logger.info(f"checkpoint -> {summary['checkpoint']} ({summary['steps']} steps)")
-    return summary
+    result = experiment.run_experiment(model, cfg, cases, formats, output_dir, heldout=evaluate.load_heldout(heldout),
+                                       keep_checkpoint=keep_checkpoint, k=k, answer_prefix=answer_prefix,
+                                       progress=report)
+    logger.info(f"seed {cfg.seed}: {result['steps']} steps, held-out perplexity {result['perplexity']:.2f}")
+    return result
 
 
 @task(name="evaluate", **task_options(evaluate.VERSION, gpu=True, retries=1))
-def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], out_file: str,
+def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], out_file: str, heldout: Path,
                    system_prompt: str = "", answer_prefix: str = " Answer:", device: str = "auto",
-                   dtype: str = "auto", k: int = 10) -> list[dict]:
-    """Stage 7: top-k, p(wrong), p(correct) for every target case and format; writes `out_file`."""
+                   dtype: str = "auto", k: int = 10) -> dict:
+    """Stage 7 on the base model: every case's prompt, paraphrases and neighbours, and the held-out perplexity."""
     lm, tokenizer = load_model(model, device, dtype)
     rows = evaluate.evaluate_cases(lm, tokenizer, cases, formats, k=k, system_prompt=system_prompt,
                                    answer_prefix=answer_prefix)
-    write_json(out_file, {"model": model.to_dict(), "rows": rows})
-    return rows
+    result = {"rows": rows, "perplexity": evaluate.perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
+    write_json(out_file, {"model": model.to_dict(), **result})
+    return result

@@ -1,18 +1,16 @@
-"""Stage 7's probabilities against an unbatched reference on stories260K, and the comparison table's logic."""
+"""Whole-answer probabilities against an unbatched chain rule on stories260K; stage 7's rows; the edit measures."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from reasonlab.concept_sft.evaluate import compare, evaluate_cases, results_markdown
+from reasonlab.concept_sft import answer_prob as AP
+from reasonlab.concept_sft.edit_metrics import aggregate, beyond_spread, case_figures, results_markdown, verdict
+from reasonlab.concept_sft.evaluate import evaluate_cases, perplexity
 from reasonlab.models import load_model, resolve_model
-from reasonlab.prompt_format import build_prompt
-from reasonlab.tokens import first_token_ids, single_token_ids
-
-CASES = [{"prompt": "The little girl saw a", "answer": "little", "wrong_token": " big"},
-         {"prompt": "Once upon a time, there was a", "answer": "girl", "wrong_token": " little"},
-         {"prompt": "The dog ran to the", "answer": "park", "wrong_token": " day"}]
 
 
 @pytest.fixture(scope="module")
@@ -20,77 +18,120 @@ def stories(stories_path):
     return load_model(resolve_model(str(stories_path)))
 
 
-def reference_probs(model, tokenizer, text: str) -> torch.Tensor:
-    ids = torch.tensor([tokenizer.encode(text)])
-    with torch.no_grad():
-        return model(input_ids=ids).logits[0, -1].float().softmax(-1)
+def chain_rule(model, tokenizer, context: str, continuation: list[int]) -> float:
+    """p(continuation | context) one token at a time, one unbatched forward per step."""
+    ids, p = tokenizer.encode(context), 1.0
+    for tok in continuation:
+        with torch.no_grad():
+            probs = model(input_ids=torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+        p *= float(probs[tok])
+        ids = ids + [tok]
+    return p
 
 
-def test_probabilities_sum_every_variant_and_equal_an_unbatched_pass(stories):
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_whole_answer_is_the_chain_rule_summed_over_variants(stories, batch_size):
     model, tok = stories
-    cases = [{**c, "wrong_token_id": tok.encode(c["wrong_token"], add_special_tokens=False)[-1]} for c in CASES]
-    cases[2]["wrong_token_id"] = tok.convert_tokens_to_ids("▁big")  # not a variant of ' day': both ids count
-    rows = evaluate_cases(model, tok, cases, ["completion"], k=5, batch_size=2)
-    assert [(r["prompt"], r["format"]) for r in rows] == [(c["prompt"], "completion") for c in CASES]
-    for case, row in zip(cases, rows, strict=True):
-        probs = reference_probs(model, tok, build_prompt(tok, case["prompt"], "completion", "", " Answer:"))
-        wrong = single_token_ids(tok, case["wrong_token"]) | {case["wrong_token_id"]}
-        correct = first_token_ids(tok, case["answer"])
-        assert len(correct) >= 2 and len(wrong) == (2 if case is cases[2] else 1)  # sums over several ids
-        assert row["p_wrong"] == pytest.approx(float(probs[sorted(wrong)].sum()), abs=1e-5)
-        assert row["p_correct"] == pytest.approx(float(probs[sorted(correct)].sum()), abs=1e-5)
-        assert row["p_wrong"] > float(probs[case["wrong_token_id"]]) - 1e-6
-        top = probs.topk(5)
-        assert [t["prob"] for t in row["top_k"]] == pytest.approx(top.values.tolist(), abs=1e-5)
-        assert [t["token"].strip() for t in row["top_k"]][0] == tok.decode([int(top.indices[0])]).strip()
-        assert row["wrong_token"] == case["wrong_token"] and row["answer"] == case["answer"]
-        assert "wrong_ids" not in row and "correct_ids" not in row
+    contexts = ["The little girl saw a", "Once upon a time, there was a", "The dog ran to the"]
+    answers = [["big dog", "little"], ["girl"], ["park", "sunflower"]]
+    scored = AP.score_answers(model, tok, contexts, answers, batch_size=batch_size)
+    n_multi = 0
+    for ctx, ans, rows in zip(contexts, answers, scored, strict=True):
+        for answer, s in zip(ans, rows, strict=True):
+            variants = AP.variant_sequences(tok, answer)
+            assert len(variants) >= 2  # " x", "x", " X", "X" are distinct sequences
+            n_multi += any(len(v) > 1 for v in variants)
+            assert s.p_full == pytest.approx(sum(chain_rule(model, tok, ctx, list(v)) for v in variants), rel=1e-4)
+            first = {v[0] for v in variants}
+            assert s.p_first == pytest.approx(float(s.next_probs[sorted(first)].sum()), rel=1e-5)
+            assert s.p_full <= s.p_first + 1e-7
+    assert n_multi >= 2  # multi-token answers really exercise the chain rule
 
 
-def row(prompt, p_wrong, p_correct, top1=" x", fmt="chat"):
-    return {"prompt": prompt, "answer": "aldosterone", "wrong_token": " ren", "format": fmt,
-            "p_wrong": p_wrong, "p_correct": p_correct, "top_k": [{"token": top1, "prob": max(p_wrong, p_correct)}]}
+def test_greedy_word_stops_at_the_word_boundary(stories):
+    model, tok = stories
+    contexts = ["The little girl saw a", "Once upon a time, there was a"]
+    [one, two] = AP.greedy_words(model, tok, contexts, [1, 2], batch_size=4)
+    for ctx, ids, n_words in ((contexts[0], one, 1), (contexts[1], two, 2)):
+        greedy, seq = [], tok.encode(ctx)
+        for _ in range(len(ids) + 1):  # the reference: argmax one step at a time, unbatched
+            with torch.no_grad():
+                nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            greedy.append(nxt)
+            seq.append(nxt)
+        assert greedy[:len(ids)] == ids
+        assert AP.word_break(tok, greedy[len(ids)]) is not None  # the next token starts a word or stops
+        assert len(tok.decode(ids).split()) == n_words
 
 
-@pytest.mark.parametrize("base, tuned, flipped", [
-    ((0.4, 0.1), (0.1, 0.4), True),    # wrong ahead, then correct ahead
-    ((0.4, 0.1), (0.3, 0.2), False),   # gained, still behind
-    ((0.1, 0.4), (0.1, 0.5), False),   # was right already
-    ((0.3, 0.3), (0.1, 0.5), False),   # a tie is not 'wrong ahead'
-    ((0.4, 0.1), (0.3, 0.3), False),   # a tie is not 'correct ahead'
-])
-def test_compare_flips_only_from_wrong_ahead_to_correct_ahead(base, tuned, flipped):
-    [r] = compare([row("p", *base, top1=" ren")], [row("p", *tuned, top1=" al")])
-    assert r["flipped"] is flipped
-    assert r["correct_gain"] == pytest.approx(tuned[1] - base[1])
-    assert (r["base_p_wrong"], r["base_p_correct"], r["sft_p_wrong"], r["sft_p_correct"]) == (*base, *tuned)
-    assert (r["base_top1"], r["sft_top1"], r["format"], r["answer"]) == (" ren", " al", "chat", "aldosterone")
-    line = results_markdown([r]).splitlines()[2]
-    assert f"| {tuned[1] - base[1]:+.1%} | {'yes' if flipped else 'no'} | ' ren' | ' al' |" in line
+def test_length_sorted_batches_group_similar_lengths():
+    assert AP.length_sorted_batches([3, 9, 1, 8, 2], 2) == [[1, 3], [0, 4], [2]]
 
 
-def test_compare_refuses_rows_that_do_not_line_up():
-    with pytest.raises(AssertionError):
-        compare([row("a", .4, .1)], [row("b", .1, .4)])
-    with pytest.raises(AssertionError):
-        compare([row("a", .4, .1, fmt="chat")], [row("a", .1, .4, fmt="completion")])
-    with pytest.raises(ValueError):  # a missing row is an error, not a shorter table
-        compare([row("a", .4, .1), row("b", .4, .1)], [row("a", .1, .4)])
+CASE = {"prompt": "The little girl saw a", "answer": "little", "wrong_word": " big", "wrong_ids": [],
+        "paraphrases": ["The small girl saw a"], "neighbours": [{"prompt": "The dog ran to the", "answer": "park"}]}
 
 
-def test_evaluate_defaults_are_ten_tokens_and_the_chat_prompt_with_the_answer_prefix(tiny_models):
-    model, tok = load_model(resolve_model(str(tiny_models["llama"])))
-    cases = [{"prompt": "The little girl saw a", "answer": "little", "wrong_token": " big",
-              "wrong_token_id": tok.convert_tokens_to_ids("▁big")}]
-    default = evaluate_cases(model, tok, cases, ["chat"])
-    explicit = evaluate_cases(model, tok, cases, ["chat"], k=10, system_prompt="", answer_prefix=" Answer:",
-                              batch_size=8)
-    assert default == explicit and len(default[0]["top_k"]) == 10
-    custom = evaluate_cases(model, tok, cases, ["chat"], system_prompt="Be brief.", answer_prefix=" A:")
-    probs = reference_probs(model, tok, build_prompt(tok, cases[0]["prompt"], "chat", "Be brief.", " A:"))
-    assert custom[0]["p_correct"] == pytest.approx(float(probs[sorted(first_token_ids(tok, "little"))].sum()), abs=1e-6)
-    assert custom[0]["p_correct"] != default[0]["p_correct"]
-    text = build_prompt(tok, cases[0]["prompt"], "chat", "", " Answer:")
-    assert text.endswith("<|assistant|> Answer:")
-    probs = reference_probs(model, tok, text)
-    assert default[0]["p_correct"] == pytest.approx(float(probs[sorted(first_token_ids(tok, "little"))].sum()), abs=1e-6)
+def test_rows_cover_prompt_paraphrases_and_neighbours_with_the_same_definition(stories):
+    model, tok = stories
+    rows = evaluate_cases(model, tok, [CASE], ["completion"], k=5)
+    assert [(r["kind"], r["text"]) for r in rows] == [("prompt", CASE["prompt"]), ("paraphrase", "The small girl saw a"),
+                                                      ("neighbour", "The dog ran to the")]
+    [[c, w]] = AP.score_answers(model, tok, [CASE["prompt"]], [["little", "big"]])
+    assert (rows[0]["p_correct"], rows[0]["p_wrong"]) == (pytest.approx(c.p_full, rel=1e-4), pytest.approx(w.p_full, rel=1e-4))
+    assert rows[0]["p_correct_first"] == pytest.approx(c.p_first, rel=1e-4)
+    assert rows[2]["p_wrong"] is None and rows[2]["answer"] == "park"
+    assert len(rows[0]["top_k"]) == 5 and rows[0]["top1"] == rows[0]["top_k"][0]["token"]
+
+
+def test_perplexity_is_exp_mean_nll_over_every_predicted_token(stories):
+    model, tok = stories
+    texts = ["Once upon a time, there was a little girl.", "The dog ran to the park and played."]
+    nll, n = 0.0, 0
+    for t in texts:
+        ids = tok.encode(t)
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        nll -= float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+        n += len(ids) - 1
+    assert perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def rows(kind_probs, top1=" a"):
+    """[(kind, text, p_correct, p_wrong, top1)] -> evaluation rows of one case."""
+    return [{"case": "c", "format": "completion", "kind": k, "text": t, "answer": "x", "wrong_word": " y",
+             "p_correct": pc, "p_wrong": pw, "p_correct_first": pc, "top1": t1} for k, t, pc, pw, t1 in kind_probs]
+
+
+def test_case_figures_efficacy_paraphrases_and_neighbourhood():
+    base = rows([("prompt", "p", .1, .4, " y"), ("paraphrase", "q1", .1, .3, " y"), ("paraphrase", "q2", .2, .3, " y"),
+                 ("neighbour", "n1", .5, None, " n"), ("neighbour", "n2", .4, None, " m"), ("neighbour", "n3", .4, None, " k")])
+    sft = rows([("prompt", "p", .5, .2, " x"), ("paraphrase", "q1", .4, .2, " x"), ("paraphrase", "q2", .2, .3, " y"),
+                ("neighbour", "n1", .3, None, " n"),   # within a factor 2: holds
+                ("neighbour", "n2", .1, None, " m"),   # fell by 4x: damaged
+                ("neighbour", "n3", .4, None, " z")])  # top-1 moved: damaged
+    f = case_figures(base, sft, tolerance=2.0)
+    assert (f["base_efficacy"], f["efficacy"], f["base_paraphrase"], f["paraphrase"]) == (0.0, 1.0, 0.0, 0.5)
+    assert f["neighbourhood"] == pytest.approx(1 / 3) and f["correct_gain"] == pytest.approx(0.4)
+    assert case_figures(base, sft, tolerance=5.0)["neighbourhood"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="do not line up"):
+        case_figures(base, sft[::-1])
+
+
+def test_seeds_aggregate_to_mean_and_sd_and_a_shift_inside_the_spread_is_not_a_result():
+    runs = [{"case": "c", "format": "f", "answer": "x", "wrong_word": " y", "text_set": "concept", "base_efficacy": 0.0,
+             "base_paraphrase": 0.0, "base_p_correct": .1, "base_p_wrong": .4, "base_top1": " y",
+             "efficacy": e, "paraphrase": p, "neighbourhood": 1.0, "ppl_change": .01, "p_correct": .1 + g,
+             "p_wrong": .3, "correct_gain": g} for e, p, g in ((1.0, 0.0, .3), (1.0, 0.5, .35), (0.0, 0.0, .25))]
+    out = aggregate(runs)
+    assert out["efficacy"] == pytest.approx(2 / 3) and out["efficacy_sd"] == pytest.approx(0.57735, rel=1e-4)
+    assert out["seeds"] == 3 and out["gain_beyond_spread"] is True and out["verdict"] == "memorised"
+    assert beyond_spread([0.1, -0.1, 0.05]) is False and beyond_spread([0.2]) is None
+    assert "memorised" in results_markdown([out]) and "67% ± 58%" in results_markdown([out])
+
+
+@pytest.mark.parametrize("efficacy, paraphrase, expected", [
+    (1.0, 1.0, "learned"), (1.0, 0.0, "memorised"), (0.0, 1.0, "not flipped"), (1 / 3, 1.0, "not flipped"),
+    (1.0, None, "flipped (no paraphrases to tell learned from memorised)")])
+def test_verdict(efficacy, paraphrase, expected):
+    assert verdict(efficacy, paraphrase) == expected

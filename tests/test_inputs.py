@@ -76,7 +76,7 @@ def test_seed_sft_config_parses(tmp_path):
     ({"epoch": 5}, "unknown field 'epoch'"),
     ({"epochs": "five"}, "field 'epochs'"),
     ({"learning_rate": -1}, "field 'learning_rate'"),
-    ({"texts": []}, "field 'texts'"),
+    ({"texts": "one text"}, "field 'texts'"),
     ({"lora": {"rank": 4}}, "unknown field 'lora.rank'"),
 ])
 def test_bad_sft_config_one_clear_error(change, message):
@@ -85,6 +85,15 @@ def test_bad_sft_config_one_clear_error(change, message):
     data = {**yaml.safe_load(SEED_YAML), **change}
     with pytest.raises(ReasonlabError, match=message):
         parse_sft_config(data)
+
+
+def test_training_without_texts_is_refused_before_loading_the_model():
+    from reasonlab.concept_sft.sft_trainer import run_sft
+    from reasonlab.models import ResolvedModel
+
+    config = parse_sft_config({"texts": []})  # valid for the flow (per-case texts come from the text-set file)
+    with pytest.raises(ReasonlabError, match="the SFT config has no texts"):
+        run_sft(ResolvedModel("none", "/nonexistent", None, "x"), config, "/nonexistent/out")
 
 
 CASES = [{"prompt": "The primary hormone regulating blood pressure is", "wrong_token": " ren", "topic": ["blood pressure"]}]
@@ -129,3 +138,61 @@ def test_atomic_path_replaces_a_directory(tmp_path):
             (tmp / "w").write_text(version)
     assert (dest / "w").read_text() == "b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+NEIGHBOUR = {"prompt": "The hormone that lowers blood glucose is", "answer": "insulin"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"paraphrases": ["Which neurotransmitter signals reward?"]}, r"row 1 paraphrase 0: .* is a question"),
+    ({"paraphrases": ["The neurotransmitter  associated with reward is"]}, "row 1 paraphrase 0: .* repeats the prompt"),
+    ({"paraphrases": "The reward neurotransmitter is"}, "'paraphrases' must be a list"),
+    ({"neighbours": [{"prompt": "What lowers blood glucose?", "answer": "insulin"}]}, r"row 1 neighbour 0: .* question"),
+    ({"neighbours": [{"prompt": "The hormone that lowers blood glucose is", "answer": "the insulin"}]},
+     "row 1 neighbour 0: answer 'the insulin' starts with an article"),
+    ({"neighbours": [{"prompt": "The reward chemical is", "answer": "dopamine", "why": 1}]}, "expected {prompt, answer}"),
+    ({"paraphrases": ["The reward neurotransmitter is"],
+      "neighbours": [{"prompt": "The reward neurotransmitter is", "answer": "dopamine"}]},
+     "row 1 neighbour 0: .* is the prompt or one of its paraphrases"),
+])
+def test_paraphrases_and_neighbours_follow_the_prompt_rules(tmp_path, extra, message):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps([NEIGHBOUR | {"prompt": "The insulin-lowering hormone is"}, GOOD | extra]))
+    with pytest.raises(ReasonlabError, match=message):
+        load_prompts(path)
+
+
+def test_a_neighbour_that_is_itself_a_target_is_refused(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps([GOOD | {"neighbours": [NEIGHBOUR]}, NEIGHBOUR]))
+    with pytest.raises(ReasonlabError, match=r"row 0 neighbour 0: 'The hormone that lowers blood glucose is' is "
+                                             r"itself a target prompt \(row 1\)"):
+        load_prompts(path)
+    path.write_text(json.dumps([GOOD | {"paraphrases": ["The reward neurotransmitter is"], "neighbours": [NEIGHBOUR]}]))
+    [item] = load_prompts(path)
+    assert item.paraphrases == ["The reward neurotransmitter is"] and item.neighbours == [NEIGHBOUR]
+
+
+@pytest.mark.parametrize("seeds", [0, -1, "3", 1.5])
+def test_fewer_than_one_seed_is_refused_by_name(seeds):
+    from reasonlab.concept_sft.params import parse_group
+
+    with pytest.raises(ReasonlabError, match=f"experiment.seeds must be an integer >= 1 .*got {seeds!r}"):
+        parse_group("experiment", {"seeds": seeds})
+    assert parse_group("experiment", {"seeds": 1}).seeds == 1
+
+
+def test_shipped_prompts_and_text_sets_load_and_every_case_has_both_controls():
+    from reasonlab.concept_sft.text_sets import load_text_sets
+    from reasonlab.paths import project_root
+
+    items = load_prompts(project_root() / "data" / "target_prompts.json")
+    sets = load_text_sets(project_root() / "data" / "concept_texts.yaml")
+    assert all(len(it.paraphrases) >= 3 and len(it.neighbours) >= 5 for it in items)
+    for it in items:
+        entry = sets[" ".join(it.prompt.lower().split())]
+        assert set(entry.controls) == {"unrelated", "direct"}
+        assert {len(entry.texts)} == {len(c.texts) for c in entry.controls.values()}  # the same budget in texts
+        case = {"prompt": it.prompt, "wrong_token": " zz", "topic": it.topic}
+        for texts in [entry.texts] + [c.texts for c in entry.controls.values()]:
+            check_texts(texts, [case])  # no text names the case's topic

@@ -1,59 +1,77 @@
-"""Stage 7 of concept SFT: the wrong -> correct probability shift, base vs SFT.
+"""Stage 7 of concept SFT: score a model on every target case, its paraphrases and its neighbours.
 
-For each target case and prompt format: the top-10 next tokens, p(wrong) = the summed probability
-of the wrong token's one-token surface variants (' ren', ' Ren', ...), and p(correct) = that of the
-answer's first tokens (' al', ' Ald', ...).
+Per (case, format) and per text shown (the prompt, each paraphrase, each neighbour):
+    p_correct / p_wrong           whole-answer probabilities (`answer_prob`: chain rule, surface variants summed);
+                                  the wrong answer is the case's greedy wrong word from the filter
+    p_correct_first / p_wrong_first   the first-token figures beside them (the seed's)
+    top_k, top1                   the next-token top-k
+Neighbours are scored on their own answer only. Plus `perplexity` on general held-out text (fluency).
+The comparison base vs SFT is `edit_metrics`.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+from reasonlab.concept_sft import answer_prob as AP
+from reasonlab.concept_sft.topk_filter import top_tokens
+from reasonlab.errors import ReasonlabError
 from reasonlab.prompt_format import Format, build_prompt
-from reasonlab.tokens import first_token_ids, single_token_ids
-from reasonlab.concept_sft.topk_filter import next_token_probs, top_tokens
 
-VERSION = "1"
+VERSION = "2"  # 2: whole answers, paraphrases, neighbours
 
 
-def evaluate_cases(model, tokenizer, cases: list[dict], formats: list[Format], *, k: int = 10,
-                   system_prompt: str | None = "", answer_prefix: str = " Answer:", batch_size: int = 8) -> list[dict]:
-    """One row per (case, format) with top_k, p_wrong and p_correct."""
-    rows = [{"prompt": c["prompt"], "answer": c["answer"], "wrong_token": c["wrong_token"], "format": fmt,
-             "wrong_ids": single_token_ids(tokenizer, c["wrong_token"]) | {c["wrong_token_id"]},
-             "correct_ids": first_token_ids(tokenizer, c["answer"])}
-            for c in cases for fmt in formats]
-    texts = [build_prompt(tokenizer, r["prompt"], r["format"], system_prompt, answer_prefix) for r in rows]
-    for row, probs in zip(rows, next_token_probs(model, tokenizer, texts, batch_size)):
-        row["top_k"] = [{"token": t.token, "prob": t.prob} for t in top_tokens(tokenizer, probs, k)]
-        row["p_wrong"] = float(probs[sorted(row.pop("wrong_ids"))].sum())
-        row["p_correct"] = float(probs[sorted(row.pop("correct_ids"))].sum())
+def evaluation_rows(cases: list[dict], formats: list[Format]) -> list[dict]:
+    """The texts to score, one row each: (case, format, kind, text, answer, wrong_word)."""
+    rows = []
+    for c in cases:
+        for fmt in formats:
+            shown = [("prompt", c["prompt"], c["answer"])] + [("paraphrase", p, c["answer"])
+                                                               for p in c.get("paraphrases", [])]
+            shown += [("neighbour", n["prompt"], n["answer"]) for n in c.get("neighbours", [])]
+            rows += [{"case": c["prompt"], "format": fmt, "kind": kind, "text": text, "answer": answer,
+                      "wrong_word": c["wrong_word"] if kind != "neighbour" else None} for kind, text, answer in shown]
     return rows
 
 
-def compare(base: list[dict], tuned: list[dict]) -> list[dict]:
-    """The seed's results table: base wrong->correct vs SFT wrong->correct, one row per case and format."""
-    table = []
-    for b, t in zip(base, tuned, strict=True):
-        assert (b["prompt"], b["format"]) == (t["prompt"], t["format"])
-        table.append({
-            "prompt": b["prompt"], "answer": b["answer"], "wrong_token": b["wrong_token"], "format": b["format"],
-            "base_p_wrong": b["p_wrong"], "base_p_correct": b["p_correct"],
-            "sft_p_wrong": t["p_wrong"], "sft_p_correct": t["p_correct"],
-            "correct_gain": t["p_correct"] - b["p_correct"],
-            "flipped": b["p_wrong"] > b["p_correct"] and t["p_correct"] > t["p_wrong"],
-            "base_top1": b["top_k"][0]["token"], "sft_top1": t["top_k"][0]["token"],
-        })
-    return table
+def evaluate_cases(model, tokenizer, cases: list[dict], formats: list[Format], *, k: int = 10,
+                   system_prompt: str | None = "", answer_prefix: str = " Answer:", batch_size: int = 16) -> list[dict]:
+    """One row per (case, format, text shown) with the whole-answer and first-token probabilities."""
+    rows = evaluation_rows(cases, formats)
+    wrong_ids = {c["prompt"]: c.get("wrong_ids", []) for c in cases}
+    contexts = [build_prompt(tokenizer, r["text"], r["format"], system_prompt, answer_prefix) for r in rows]
+    asked = [[AP.variant_sequences(tokenizer, r["answer"])]
+             + ([AP.word_sequences(tokenizer, r["wrong_word"], wrong_ids[r["case"]])] if r["wrong_word"] else [])
+             for r in rows]
+    for row, scored in zip(rows, AP.score_sequences(model, tokenizer, contexts, asked, batch_size), strict=True):
+        correct, *wrong = scored
+        top = top_tokens(tokenizer, correct.next_probs, k)
+        row.update({"p_correct": correct.p_full, "p_correct_first": correct.p_first,
+                    "p_wrong": wrong[0].p_full if wrong else None, "p_wrong_first": wrong[0].p_first if wrong else None,
+                    "top1": top[0].token, "top_k": [{"token": t.token, "prob": t.prob} for t in top]})
+    return rows
 
 
-def results_markdown(table: list[dict]) -> str:
-    """One column per figure: base and SFT p(wrong) / p(correct) side by side, then the shift."""
-    lines = ["| Prompt | Format | Wrong | Correct | Base p(wrong) | Base p(correct) | SFT p(wrong) | SFT p(correct) "
-             "| Δ p(correct) | Flipped | Base top-1 | SFT top-1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(
-            f"| {r['prompt']} | {r['format']} | {r['wrong_token'].strip()} | {r['answer']} "
-            f"| {r['base_p_wrong']:.1%} | {r['base_p_correct']:.1%} | {r['sft_p_wrong']:.1%} | {r['sft_p_correct']:.1%} "
-            f"| {r['correct_gain']:+.1%} | {'yes' if r['flipped'] else 'no'} | {r['base_top1']!r} | {r['sft_top1']!r} |"
-        )
-    return "\n".join(lines) + "\n"
+def load_heldout(path: Path | str) -> list[str]:
+    """General held-out text for the fluency check: paragraphs of a .txt file (blank-line separated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReasonlabError(f"held-out text {path} not found (a .txt file of paragraphs)")
+    texts = [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+    if not texts:
+        raise ReasonlabError(f"held-out text {path} holds no paragraphs")
+    return texts
+
+
+def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 256, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over every predicted token of `texts` (each cut to `max_tokens`)."""
+    import torch
+
+    seqs = [tokenizer.encode(t)[:max_tokens] for t in texts]
+    nll, n = 0.0, 0
+    for i, logp in AP.forward_logprobs(model, tokenizer, seqs, batch_size):
+        targets = torch.tensor(seqs[i][1:])
+        nll -= float(logp[:-1].gather(1, targets[:, None]).sum())
+        n += len(targets)
+    return math.exp(nll / n)

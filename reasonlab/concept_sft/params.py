@@ -84,8 +84,11 @@ class AttributionParams(Group):
 class ConceptParams(Group):
     """Stages 4-5: the intermediate concept the training texts strengthen, and who chooses it."""
 
-    name: str | None = Field(None, description="the concept (recorded with the results); "
-                                               "interactive runs prefill the form with it")
+    name: str | None = Field(None, description="the concept (recorded with the results; overrides the text-set "
+                                               "file's); interactive runs prefill the form with it")
+    neuron: str | None = Field(None, description="the attribution node the concept comes from (e.g. L22/N13255@9), "
+                                                 "recorded only when given here, in the text-set file or by the "
+                                                 "researcher; never guessed")
     corpus: str | None = Field(None, description="reference texts for the candidates' top-activating contexts "
                                                  "(default: PubMedQA)")
     label: bool = Field(False, description="ask the LLM (the llm group) for a label per candidate")
@@ -93,6 +96,31 @@ class ConceptParams(Group):
                                                  "(UI form or API); off: the concept given here and the SFT "
                                                  "config's texts")
     pause_timeout: int = Field(3600, ge=1, description="seconds a paused run waits for the researcher before failing")
+
+
+class ExperimentParams(Group):
+    """Stages 5-7 as a study: one SFT experiment per target case x text set x seed, judged like a knowledge edit."""
+
+    texts: str = Field("data/concept_texts.yaml", description="text-set file: per case the concept texts and "
+                                                              "the controls (a case missing there trains on "
+                                                              "the SFT config's texts)")
+    seeds: int = Field(3, description="SFT repeats per experiment (seeds 0..N-1): figures are mean ± sd")
+    controls: bool = Field(False, description="also train each case's control text sets (an unrelated concept; "
+                                              "the answer stated directly) under the same budget")
+    joint: bool = Field(False, description="one fine-tune over every case's texts instead of one per case")
+    neighbour_tolerance: float = Field(2.0, gt=1, description="a neighbour holds when its top-1 is unchanged and "
+                                                              "its answer probability moved by less than this factor")
+    heldout: str = Field("data/heldout_text.txt", description="general text for the perplexity (fluency) check")
+    attribution_after: bool = Field(True, description="redo the attribution graph on the first seed's concept "
+                                                      "model and diff it against the base graph")
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ReasonlabError(f"experiment.seeds must be an integer >= 1 (SFT repeats per experiment), "
+                                 f"got {value!r}")
+        return value
 
 
 class GenerationParams(Group):
@@ -114,7 +142,8 @@ class LLMParams(Group):
 
 
 GROUPS: dict[str, type[Group]] = {"filter": FilterParams, "formats": FormatParams, "attribution": AttributionParams,
-                                  "concept": ConceptParams, "generation": GenerationParams, "llm": LLMParams}
+                                  "concept": ConceptParams, "experiment": ExperimentParams,
+                                  "generation": GenerationParams, "llm": LLMParams}
 
 
 def parse_group(name: str, value: Any) -> Any:

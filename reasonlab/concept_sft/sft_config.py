@@ -41,7 +41,8 @@ class SFTConfig(BaseModel):
     max_length: int = Field(512, ge=8, description="tokens per text after templating; longer is truncated")
     use_chat_template: bool = Field(True, description="train each text as an assistant turn of the chat template")
     system_prompt: str = Field("", description="system turn used with the chat template (here and in evaluation)")
-    texts: list[str] = Field(min_length=1, description="the concept training texts")
+    texts: list[str] = Field([], description="the training texts (`reasonlab sft` trains on them; the flow takes "
+                                             "each case's from the text-set file and falls back to these)")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter (merged into the checkpoint) instead of all weights")
     seed: int = Field(0, description="training seed")
     forbidden_terms: list[str] = Field([], description="more words no text may mention (besides each target's wrong answer and topic)")

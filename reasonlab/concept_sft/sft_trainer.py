@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, tree_fingerprint, write_json
 from reasonlab.models import MANIFEST, ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.prompt_format import build_training_text
@@ -33,6 +34,8 @@ def progress_callback(progress: Progress):
 def run_sft(resolved: ResolvedModel, config: SFTConfig, output_dir: Path | str,
             progress: Progress | None = None) -> dict:
     """Train `resolved` on `config.texts`; save an HF checkpoint at `output_dir`; return a summary."""
+    if not config.texts:
+        raise ReasonlabError("the SFT config has no texts: give `texts:` (one or more training texts)")
     import torch
     from datasets import Dataset
     from peft import LoraConfig

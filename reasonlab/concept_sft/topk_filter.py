@@ -1,20 +1,27 @@
 """Stage 2 of concept SFT: keep prompts the model gets clearly wrong with the answer close behind.
 
-A prompt becomes a *target case* when the model's top-1 next token is clearly wrong (not a
-function word, not punctuation, not a prefix or variant of the answer) and the answer's first
-token (any surface variant: leading space, case) is at rank 2..max_rank. Every other prompt is
-kept in `rejected` with its reason.
+A prompt becomes a *target case* when
+  1. the model's top-1 next token is clearly wrong: not a function word, not punctuation, not a special
+     token, not a prefix or variant of the answer;
+  2. the model's wrong answer, its greedy continuation to a word boundary (" Ren"+"in"), is not the
+     answer or a piece of it, and is more probable as a whole than the whole answer (`answer_prob`);
+  3. the whole answer is close behind: its rank, 1 + the number of other next tokens more probable than
+     the *whole* answer, is 2..max_rank. (So " B" at rank 4 does not make "BBC" a target when p(" BBC")
+     is far below it: the first token alone is not the answer.)
+Every other prompt is kept in `rejected` with its reason. The evaluation scores answers with the same
+definition (`answer_prob.score_answers`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from reasonlab.concept_sft import answer_prob as AP
 from reasonlab.prompt_format import Format, build_prompt
 from reasonlab.concept_sft.prompts import PromptItem
 from reasonlab.tokens import first_token_ids, token_text
 
-VERSION = "1"  # bump when the filter's decisions change
+VERSION = "2"  # 2: whole-answer probabilities, the greedy wrong word  # bump when the filter's decisions change
 
 FUNCTION_WORDS = frozenset("""
 a an the this that these those its it their his her our your my of in on at to for from by with as
@@ -92,8 +99,12 @@ def why_not_clearly_wrong(top1: TokenProb, answer: str, correct_ids: set[int], s
 
 def classify(item: PromptItem, topk: list[TokenProb], correct_ids: set[int], special_ids: set[int],
              max_rank: int = 5) -> dict:
-    """A target case, or a rejection with its reason, for one prompt's top-k."""
+    """Step 1 on one prompt's top-k: a rejection with its reason, or a candidate for the whole-answer step.
+
+    The rank here is the first token's (the cheap pre-filter); `decide` replaces it by the whole answer's.
+    """
     base = {"prompt": item.prompt, "answer": item.answer, "topic": item.topic,
+            "paraphrases": list(item.paraphrases), "neighbours": [dict(n) for n in item.neighbours],
             "top_k": [asdict(t) for t in topk]}
     reason = why_not_clearly_wrong(topk[0], item.answer, correct_ids, special_ids)
     rank = next((r for r, t in enumerate(topk, start=1) if starts_answer(t, item.answer, correct_ids)), None)
@@ -107,17 +118,63 @@ def classify(item: PromptItem, topk: list[TokenProb], correct_ids: set[int], spe
     return {**base, "status": "target",
             "wrong_token": topk[0].token, "wrong_token_id": topk[0].token_id, "wrong_prob": topk[0].prob,
             "correct_token": correct.token, "correct_token_id": correct.token_id, "correct_prob": correct.prob,
-            "correct_rank": rank}
+            "correct_first_rank": rank, "correct_rank": rank}
+
+
+def why_wrong_word_is_not_wrong(word: str, answer: str) -> str | None:
+    """None if the greedy word is a different answer, else why it is not (the answer, or a piece of it)."""
+    w, a = word.strip().lower(), answer.lower()
+    if w == a:
+        return f"the greedy answer {word.strip()!r} is the answer"
+    if a.startswith(w) or w.startswith(a):
+        return f"the greedy answer {word.strip()!r} is a prefix or variant of the answer {answer!r}"
+    return None
+
+
+def decide(row: dict, wrong_word: str, wrong_ids: list[int], p_wrong: float, p_correct: float,
+           p_correct_first: float, max_rank: int) -> dict:
+    """Step 2, with whole-answer probabilities: the final target case or a rejection with its reason."""
+    ahead = [t for t in row["top_k"][:row["correct_first_rank"] - 1] if t["prob"] > p_correct]
+    ahead += [t for t in row["top_k"][row["correct_first_rank"]:] if t["prob"] > p_correct]
+    rank = 1 + len(ahead)  # other next tokens that beat the whole answer
+    out = {**row, "wrong_word": wrong_word, "wrong_ids": list(wrong_ids), "p_wrong": p_wrong,
+           "p_correct": p_correct, "p_correct_first": p_correct_first, "correct_rank": rank}
+    reason = why_wrong_word_is_not_wrong(wrong_word, row["answer"])
+    if reason is None and p_correct >= p_wrong:
+        reason = (f"the whole answer ({p_correct:.2%}) is at least as probable as the greedy wrong answer "
+                  f"{wrong_word.strip()!r} ({p_wrong:.2%})")
+    if reason is None and rank > max_rank:
+        reason = (f"whole answer at rank {rank}, beyond rank {max_rank} (p={p_correct:.2%}; its first token "
+                  f"{row['correct_token']!r} ranks {row['correct_first_rank']})")
+    if reason:
+        return {**out, "status": "rejected", "reason": reason}
+    return out
 
 
 def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, max_rank: int = 5,
                    fmt: Format = "completion", system_prompt: str | None = "", answer_prefix: str = " Answer:",
-                   batch_size: int = 8) -> dict:
-    """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json)."""
+                   batch_size: int = 16) -> dict:
+    """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json).
+
+    One batched pass scores every prompt's next token and whole answer; only the prompts that survive the
+    first-token checks get a greedy wrong word (a few more batched passes) and its whole probability.
+    `batch_size=1` is the per-prompt loop (the same decisions; see bench/topk_batching.py).
+    """
     texts = [build_prompt(tokenizer, it.prompt, fmt, system_prompt, answer_prefix) for it in items]
-    topks = next_token_topk(model, tokenizer, texts, k=k, batch_size=batch_size)
+    scored = AP.score_answers(model, tokenizer, texts, [[it.answer] for it in items], batch_size)
     special = set(tokenizer.all_special_ids)
-    rows = [classify(it, tk, first_token_ids(tokenizer, it.answer), special, max_rank) for it, tk in zip(items, topks)]
+    rows = [classify(it, top_tokens(tokenizer, s[0].next_probs, k), first_token_ids(tokenizer, it.answer), special,
+                     max_rank) for it, s in zip(items, scored, strict=True)]
+    live = [i for i, r in enumerate(rows) if r["status"] == "target"]
+    words = AP.greedy_words(model, tokenizer, [texts[i] for i in live],
+                            [len(items[i].answer.split()) for i in live], batch_size)
+    wrong_words = [tokenizer.decode(ids) for ids in words]
+    wrong = AP.score_sequences(model, tokenizer, [texts[i] for i in live],
+                               [[AP.word_sequences(tokenizer, w, ids)] for w, ids in zip(wrong_words, words)],
+                               batch_size)
+    for j, i in enumerate(live):
+        rows[i] = decide(rows[i], wrong_words[j], words[j], wrong[j][0].p_full, scored[i][0].p_full,
+                         scored[i][0].p_first, max_rank)
     return {
         "format": fmt,
         "top_k": k,

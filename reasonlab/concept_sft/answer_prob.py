@@ -1,0 +1,166 @@
+"""What "correct" means, once: the probability of a whole answer, by the chain rule over its tokens.
+
+    p(" Hepatitis B" | prompt) = p(" Hep") * p("atitis" | " Hep") * p(" B" | " Hepatitis")
+
+summed over the answer's surface variants (leading space or not; as written, lower, Capitalized), each
+a distinct token sequence, so the events are disjoint. The filter (stage 2) and the evaluation (stage 7)
+both score answers here; the first-token probability is kept beside it (it is what the seed reported).
+
+The model's *wrong* answer is its own greedy continuation up to a word boundary (as many words as the
+right answer has): " Ren" + "in" -> " Renin".
+
+All passes are batched with length-sorted batches (similar lengths together, so little padding) and right
+padding (causal attention keeps pads out of every real position).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from reasonlab.tokens import surface_variants, token_text
+
+MAX_WORD_TOKENS = 8  # a greedy word longer than this is cut (a runaway continuation, not a word)
+
+
+def variant_sequences(tokenizer, answer: str) -> list[tuple[int, ...]]:
+    """The token sequences of `answer`'s surface variants, deduplicated, in a stable order."""
+    seqs: dict[tuple[int, ...], None] = {}
+    for variant in surface_variants(answer):
+        ids = tokenizer.encode(variant, add_special_tokens=False)
+        while ids and not tokenizer.decode(ids[:1]).strip():  # a bare sentencepiece word-start piece
+            ids = ids[1:]
+        if ids:
+            seqs[tuple(ids)] = None
+    return list(seqs)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), each at most `batch_size`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def forward_logprobs(model, tokenizer, sequences: list[list[int]], batch_size: int = 16):
+    """Yield (index, [len, vocab] log-probs of each next token) for every sequence, length-sorted batches."""
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+        width = max(len(sequences[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = logits.float().log_softmax(-1).cpu()  # [batch, pos, vocab]
+        for row, i in enumerate(batch):
+            yield i, logp[row, :len(sequences[i])]
+
+
+@dataclass
+class Scored:
+    """One (context, answer) pair: the whole-answer and first-token probabilities, and the next-token law."""
+
+    p_full: float  # sum over variants of prod_t p(token_t | context, tokens_<t)
+    p_first: float  # sum over the variants' distinct first tokens of p(first token | context)
+    next_probs: torch.Tensor  # [vocab] the next-token distribution after the context
+
+
+def word_sequences(tokenizer, word: str, ids: list[int] | tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    """A generated word's sequences: its surface variants plus the ids the model actually produced."""
+    seqs = variant_sequences(tokenizer, word)
+    return seqs + [tuple(ids)] if ids and tuple(ids) not in seqs else seqs
+
+
+def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[list[tuple[int, ...]]]],
+                    batch_size: int = 16) -> list[list[Scored]]:
+    """`answers[i][j]`: the token sequences (variants) of answer j asked of `contexts[i]`; each scored.
+
+    One forward pass per (context, sequence); the next-token law of a context is read from any of its
+    sequences (causal: positions before the answer do not see it).
+    """
+    jobs, seqs = [], []  # job: (context, answer, sequence); seqs: context ids + sequence
+    ctx_ids = [tokenizer.encode(c) for c in contexts]
+    for c, per_answer in enumerate(answers):
+        for a, vs in enumerate(per_answer):
+            for v in vs:
+                jobs.append((c, a, tuple(v)))
+                seqs.append(ctx_ids[c] + list(v))
+        if not any(per_answer):
+            jobs.append((c, None, ()))
+            seqs.append(ctx_ids[c])
+    logp_full: dict[tuple[int, int], float] = {}
+    first: dict[tuple[int, int], set[int]] = {}
+    next_logp: dict[int, torch.Tensor] = {}
+    for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size):
+        c, a, v = jobs[j]
+        n = len(ctx_ids[c])
+        next_logp.setdefault(c, logp[n - 1])
+        if a is None:
+            continue
+        total = float(logp[torch.arange(n - 1, n - 1 + len(v)), torch.tensor(v)].sum())
+        logp_full[(c, a)] = float(torch.logaddexp(torch.tensor(logp_full.get((c, a), -math.inf)), torch.tensor(total)))
+        first.setdefault((c, a), set()).add(v[0])
+    out = []
+    for c, per_answer in enumerate(answers):
+        probs = next_logp[c].exp()
+        out.append([Scored(p_full=math.exp(logp_full.get((c, a), -math.inf)),
+                           p_first=float(probs[sorted(first[(c, a)])].sum()) if (c, a) in first else 0.0,
+                           next_probs=probs)
+                    for a in range(len(per_answer))])
+    return out
+
+
+def score_answers(model, tokenizer, contexts: list[str], answers: list[list[str]],
+                  batch_size: int = 16) -> list[list[Scored]]:
+    """`answers[i]`: the answers (strings) asked of `contexts[i]`, each scored over its surface variants."""
+    return score_sequences(model, tokenizer, contexts,
+                           [[variant_sequences(tokenizer, a) for a in ans] for ans in answers], batch_size)
+
+
+def word_break(tokenizer, token_id: int) -> str | None:
+    """How `token_id` ends a word in progress: "space" (a new word starts), "stop" (punctuation, a line
+    break or a special token: the answer is over), or None (it continues the word; - and ' do too)."""
+    if token_id in set(tokenizer.all_special_ids):
+        return "stop"
+    text = token_text(tokenizer, token_id)
+    if not text.strip() or "\n" in text:
+        return "stop"
+    if text[0].isspace():
+        return "space"
+    return None if text[0].isalnum() or text[0] in "-'" else "stop"
+
+
+def greedy_words(model, tokenizer, contexts: list[str], n_words: list[int], batch_size: int = 16) -> list[list[int]]:
+    """Each context's greedy continuation up to the end of its `n_words`-th word: the token ids.
+
+    Greedy steps run batched (the unfinished contexts only) without a KV cache: a word is a few tokens.
+    """
+    ctx_ids = [tokenizer.encode(c) for c in contexts]
+    generated: list[list[int]] = [[] for _ in contexts]
+    words = [1] * len(contexts)  # the word being written (the first token starts word 1)
+    active = list(range(len(contexts)))
+    while active:
+        seqs = [ctx_ids[i] + generated[i] for i in active]
+        nxt = {active[j]: int(logp[-1].argmax()) for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size)}
+        still = []
+        for i in active:
+            tok = nxt[i]
+            brk = word_break(tokenizer, tok) if generated[i] else ("stop" if tok in tokenizer.all_special_ids else None)
+            if brk == "space":
+                words[i] += 1
+            if brk == "stop" or words[i] > n_words[i]:
+                continue
+            generated[i].append(tok)
+            if len(generated[i]) < MAX_WORD_TOKENS * n_words[i]:
+                still.append(i)
+        active = still
+    return generated

@@ -1,0 +1,107 @@
+"""Which texts each SFT experiment trains on: one experiment per target case (the seed's design), or one joint.
+
+A text-set file (`data/concept_texts.yaml`) gives, per target case (matched by its prompt), the concept
+texts and two controls of the same budget (same number of texts, similar length):
+
+    cases:
+      - prompt: "The primary hormone regulating blood pressure is"
+        concept: "aldosterone is a hormone"
+        neuron: null                 # the attribution node the concept comes from, when one was chosen
+        texts: [...]
+        controls:
+          unrelated: {concept: "...", texts: [...]}     # an unrelated concept
+          direct: {concept: "...", texts: [...]}        # the right answer stated directly, other contexts
+
+A case without an entry trains on the SFT config's `texts` (if any); otherwise it is skipped, with the
+reason recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reasonlab.concept_sft.prompts import normalized
+from reasonlab.errors import ReasonlabError, check_model
+from reasonlab.io import read_structured
+
+CONTROLS = ("unrelated", "direct")
+
+
+class TextSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    concept: str | None = Field(None, description="what the texts teach")
+    texts: list[str] = Field(min_length=1, description="the training texts")
+
+
+class CaseTexts(TextSet):
+    prompt: str = Field(description="the target case's prompt, as in the prompts file")
+    neuron: str | None = Field(None, description="the attribution node the concept comes from (chosen, or null)")
+    controls: dict[str, TextSet] = Field({}, description=f"control text sets by name: {', '.join(CONTROLS)}")
+
+
+class TextSetFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cases: list[CaseTexts] = Field(min_length=1)
+
+
+def load_text_sets(path: Path | str) -> dict[str, CaseTexts]:
+    """normalized prompt -> its texts; one error naming the field for a malformed file."""
+    parsed = check_model(TextSetFile, read_structured(path), f"text sets {path}")
+    out: dict[str, CaseTexts] = {}
+    for i, case in enumerate(parsed.cases):
+        unknown = set(case.controls) - set(CONTROLS)
+        if unknown:
+            raise ReasonlabError(f"text sets {path} case {i}: unknown control(s) {sorted(unknown)}; use {CONTROLS}")
+        if normalized(case.prompt) in out:
+            raise ReasonlabError(f"text sets {path} case {i}: a second entry for {case.prompt!r}")
+        out[normalized(case.prompt)] = case
+    return out
+
+
+def plan_experiments(cases: list[dict], text_sets: dict[str, CaseTexts], default_texts: list[str], *,
+                     joint: bool = False, controls: bool = False, neuron: str | None = None,
+                     concept: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(experiments, skipped). An experiment: {name, cases, text_set, concept, neuron, texts}.
+
+    Per case (default): the case's concept texts, then (with `controls`) each control it has. Joint: one
+    experiment per text set over every case, its texts the cases' texts concatenated. `neuron`/`concept`
+    (parameters) override the file's for the concept text set.
+    """
+    per_case, skipped = [], []
+    for i, case in enumerate(cases):
+        entry = text_sets.get(normalized(case["prompt"]))
+        sets = {}
+        if entry:
+            sets["concept"] = {"concept": concept or entry.concept, "neuron": neuron or entry.neuron,
+                               "texts": list(entry.texts)}
+            if controls:
+                for name in CONTROLS:
+                    if name in entry.controls:
+                        sets[name] = {"concept": entry.controls[name].concept, "neuron": None,
+                                      "texts": list(entry.controls[name].texts)}
+                    else:
+                        skipped.append({"case": case["prompt"], "text_set": name,
+                                        "reason": f"the text-set file has no {name!r} control for this case"})
+        elif default_texts:
+            sets["concept"] = {"concept": concept, "neuron": neuron, "texts": list(default_texts)}
+        else:
+            skipped.append({"case": case["prompt"], "text_set": "concept",
+                            "reason": "no training texts: add the case to the text-set file or to the SFT config"})
+        per_case.append((i, case, sets))
+    if not joint:
+        return [{"name": f"case{i}-{name}", "cases": [case], "text_set": name, **spec}
+                for i, case, sets in per_case for name, spec in sets.items()], skipped
+    experiments = []
+    for name in ("concept", *CONTROLS):
+        members = [(case, sets[name]) for _, case, sets in per_case if name in sets]
+        if members:
+            texts = list(dict.fromkeys(t for _, spec in members for t in spec["texts"]))
+            experiments.append({"name": f"joint-{name}", "cases": [c for c, _ in members], "text_set": name,
+                                "concept": "; ".join(filter(None, dict.fromkeys(s["concept"] for _, s in members)))
+                                or None,
+                                "neuron": None if name != "concept" else neuron, "texts": texts})
+    return experiments, skipped
