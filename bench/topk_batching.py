@@ -1,43 +1,187 @@
-"""Batched top-k filter vs a per-prompt loop on the same prompts: same decisions, and the speed ratio.
+"""Batched top-k filter vs a per-prompt loop on a few hundred prompts: same decisions, speed, and how far
+the batched filter is from the machine's forward-FLOP bound.
 
-    python bench/topk_batching.py [--model smollm2-135m-instruct] [--batch-size 8] [--repeats 3]
+    python bench/topk_batching.py [--model smollm2-135m-instruct] [--prompts data/factual_prompts.json]
+                                  [--batch-size 32] [--repeats 3] [--fmt completion|chat] [--score-answers]
+
+One run, side by side: `filter_prompts(..., batch_size=B)` and `filter_prompts(..., batch_size=1)`, each the best
+wall time of `--repeats` calls, as prompts/s.
+
+Forward-FLOP bound. The forward FLOPs the filter needs are counted from the real (unpadded) token lengths of
+the texts it feeds the model (the prompt in its format: plain completion, or under the chat template):
+
+    F = 2 * N * T  +  2 * n_layers * d_attn * sum_i L_i * (L_i + 1)  +  2 * d_model * V * P
+
+    N      non-embedding parameters (all parameters minus the input embedding, and minus an untied LM head,
+           which the last term counts)
+    L_i    token length of text i (prompt in its format; with --score-answers, plus the answer's tokens)
+    T      sum_i L_i, the tokens actually processed
+    d_attn n_heads * head_dim; the middle term is causal attention (QK^T and AV: 2 * 2 * d_attn FLOPs per
+           query-key pair, sum over positions j of j keys = L(L+1)/2)
+    V      vocabulary size
+    P      scored positions: 1 per prompt (the next token), or with --score-answers the answer's tokens
+           (chain-rule scoring of the whole answer)
+
+The machine's sustained FLOP/s is measured in the same run: torch.matmul in the model's dtype, on its device,
+with torch's current thread count, over the model's own weight shapes (attention projections, MLP, LM head)
+at M = batch_size * mean length rows. bound (prompts/s) = FLOP/s / (F / prompts); share_of_bound =
+batched prompts/s / bound. Norms, rotary embeddings, softmax and the top-k are not counted, so the bound
+is a little optimistic.
+
+Padding waste = padded tokens / real tokens of the batches (each batch padded to its longest text), for
+batches taken in input order and for batches of the length-sorted texts.
+
+Ends with: same_decisions=, prompts_per_s_batched=, prompts_per_s_loop=, speedup=.
 """
 
-import argparse
+from __future__ import annotations
 
-from reasonlab.models import load_model, resolve_model
-from reasonlab.paths import project_root
+import argparse
+import time
+
+import torch
+
 from reasonlab.concept_sft.prompts import load_prompts
 from reasonlab.concept_sft.topk_filter import filter_prompts
+from reasonlab.models import load_model, resolve_model
+from reasonlab.paths import project_root
+from reasonlab.prompt_format import build_prompt
 from timing import timed
 
 
+def padded_tokens(lengths: list[int], batch_size: int) -> int:
+    """Tokens in the padded batches: each batch of `batch_size` consecutive lengths padded to its longest."""
+    return sum(len(b) * max(b) for b in (lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)))
+
+
+def decisions(result: dict) -> list[tuple]:
+    """Each row's (prompt, status, reason, rank), sorted by prompt; other (new) row fields are ignored."""
+    rows = result["target_cases"] + result["rejected"]
+    return sorted(((r["prompt"], r["status"], r.get("reason"), r.get("correct_rank")) for r in rows), key=repr)
+
+
+def max_prob_diff(a: dict, b: dict) -> float | None:
+    """Largest top-k probability difference between the two results' rows, if rows carry top_k."""
+    by_prompt = {r["prompt"]: r for r in b["target_cases"] + b["rejected"]}
+    diffs = [abs(x["prob"] - y["prob"])
+             for r in a["target_cases"] + a["rejected"] if "top_k" in r and "top_k" in by_prompt.get(r["prompt"], {})
+             for x, y in zip(r["top_k"], by_prompt[r["prompt"]]["top_k"])]
+    return max(diffs) if diffs else None
+
+
+def model_dims(model) -> dict:
+    """Parameter counts and widths for the FLOP formula (see the module docstring)."""
+    cfg = model.config
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    total = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    untied_head = head is not None and head.weight.data_ptr() != emb.data_ptr()
+    d_model = cfg.hidden_size
+    n_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or d_model // n_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    return {
+        "non_embedding": total - emb.numel() - (head.weight.numel() if untied_head else 0),
+        "n_layers": cfg.num_hidden_layers, "d_model": d_model, "d_attn": n_heads * head_dim,
+        "d_kv": n_kv * head_dim, "d_ff": getattr(cfg, "intermediate_size", 4 * d_model),
+        "vocab": emb.shape[0],
+    }
+
+
+def forward_flops(dims: dict, lengths: list[int], scored: int) -> float:
+    body = 2 * dims["non_embedding"] * sum(lengths)
+    attention = 2 * dims["n_layers"] * dims["d_attn"] * sum(n * (n + 1) for n in lengths)
+    head = 2 * dims["d_model"] * dims["vocab"] * scored
+    return body + attention + head
+
+
+def matmul_flops_per_s(dims: dict, rows: int, dtype, device, seconds: float = 0.5) -> float:
+    """Sustained torch.matmul FLOP/s over the model's weight shapes, `rows` activations at a time."""
+    shapes = [(dims["d_model"], dims["d_attn"]), (dims["d_model"], dims["d_kv"]), (dims["d_attn"], dims["d_model"]),
+              (dims["d_model"], dims["d_ff"]), (dims["d_ff"], dims["d_model"]), (dims["d_model"], dims["vocab"])]
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    flops, elapsed = 0.0, 0.0
+    with torch.no_grad():
+        for k, n in shapes:
+            x = torch.randn(rows, k, dtype=dtype, device=device)
+            w = torch.randn(k, n, dtype=dtype, device=device)
+            torch.matmul(x, w)  # warm-up
+            sync()
+            iters, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / len(shapes) or iters < 3:
+                torch.matmul(x, w)
+                iters += 1
+            sync()
+            elapsed += time.perf_counter() - start
+            flops += 2.0 * rows * k * n * iters
+    return flops / elapsed
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", default=str(project_root() / "data" / "medical_prompts.json"))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prompts", default=str(project_root() / "data" / "factual_prompts.json"))
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fmt", choices=["completion", "chat"], default="completion")
+    parser.add_argument("--score-answers", action="store_true",
+                        help="count the answer's tokens as processed and scored (chain-rule answer scoring)")
     args = parser.parse_args()
+
     model, tokenizer = load_model(resolve_model(args.model))
     items = load_prompts(args.prompts)
-    filter_prompts(model, tokenizer, items[:2])  # warm-up
-    batched_s, batched = timed(lambda: filter_prompts(model, tokenizer, items, batch_size=args.batch_size), args.repeats)
-    loop_s, loop = timed(lambda: filter_prompts(model, tokenizer, items, batch_size=1), args.repeats)
-    decisions = lambda r: [(c["prompt"], c["status"], c.get("reason"), c["correct_rank"]) for c in  # noqa: E731
-                           sorted(r["target_cases"] + r["rejected"], key=lambda c: c["prompt"])]
-    max_diff = max(abs(a["prob"] - b["prob"])
-                   for ra, rb in zip(sorted(batched["target_cases"] + batched["rejected"], key=lambda c: c["prompt"]),
-                                     sorted(loop["target_cases"] + loop["rejected"], key=lambda c: c["prompt"]))
-                   for a, b in zip(ra["top_k"], rb["top_k"]))
+    texts = [build_prompt(tokenizer, it.prompt, args.fmt) for it in items]
+    lengths = [len(tokenizer.encode(t)) for t in texts]
+    scored = len(items)
+    if args.score_answers:
+        answer_lengths = [len(tokenizer.encode(" " + it.answer, add_special_tokens=False)) for it in items]
+        lengths = [n + a for n, a in zip(lengths, answer_lengths)]
+        scored = sum(answer_lengths)
+    real = sum(lengths)
+    pad_input = padded_tokens(lengths, args.batch_size)
+    pad_sorted = padded_tokens(sorted(lengths), args.batch_size)
+
+    dims = model_dims(model)
+    flops = forward_flops(dims, lengths, scored)
+    rows = max(1, round(args.batch_size * real / len(lengths)))
+    flop_s = matmul_flops_per_s(dims, rows, next(model.parameters()).dtype, model.device)
+    bound = flop_s / (flops / len(items))
+
+    run = lambda bs: filter_prompts(model, tokenizer, items, fmt=args.fmt, batch_size=bs)  # noqa: E731
+    filter_prompts(model, tokenizer, items[:2], fmt=args.fmt, batch_size=2)  # warm-up
+    batched_s, batched = timed(lambda: run(args.batch_size), args.repeats)
+    loop_s, loop = timed(lambda: run(1), args.repeats)
+    diff = max_prob_diff(batched, loop)
+
     print(f"model={args.model}")
+    print(f"device={model.device}")
+    print(f"dtype={next(model.parameters()).dtype}")
+    print(f"threads={torch.get_num_threads()}")
     print(f"prompts={len(items)}")
+    print(f"fmt={args.fmt}")
     print(f"batch_size={args.batch_size}")
+    print(f"repeats={args.repeats}")
     print(f"target_cases={len(batched['target_cases'])}")
-    print(f"same_decisions={decisions(batched) == decisions(loop)}")
-    print(f"max_prob_diff={max_diff:.2e}")
+    print(f"tokens_min={min(lengths)}")
+    print(f"tokens_mean={real / len(lengths):.1f}")
+    print(f"tokens_max={max(lengths)}")
+    print(f"tokens_real={real}")
+    print(f"tokens_padded_input_order={pad_input}")
+    print(f"tokens_padded_sorted={pad_sorted}")
+    print(f"pad_waste_input_order={pad_input / real:.3f}")
+    print(f"pad_waste_sorted={pad_sorted / real:.3f}")
+    print(f"non_embedding_params={dims['non_embedding']}")
+    print(f"forward_gflop={flops / 1e9:.2f}")
+    print(f"matmul_rows={rows}")
+    print(f"matmul_gflop_per_s={flop_s / 1e9:.2f}")
+    print(f"flop_bound_prompts_per_s={bound:.1f}")
+    print(f"max_prob_diff={'n/a' if diff is None else f'{diff:.2e}'}")
     print(f"batched_s={batched_s:.3f}")
     print(f"loop_s={loop_s:.3f}")
+    print(f"share_of_bound={len(items) / batched_s / bound:.3f}")
+    print(f"same_decisions={decisions(batched) == decisions(loop)}")
+    print(f"prompts_per_s_batched={len(items) / batched_s:.2f}")
+    print(f"prompts_per_s_loop={len(items) / loop_s:.2f}")
     print(f"speedup={loop_s / batched_s:.2f}")
 
 
