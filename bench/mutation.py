@@ -37,12 +37,15 @@ CORE = {
                                              "attribute", "prune_nodes", "compute_edges", "ablation_effects",
                                              "rank_agreement"},
     "tasks/conventions.py": {"plain", "PlainInputs.compute_key", "transient_only", "task_options"},
-    "reasonlab/concept_sft/topk_filter.py": {"next_token_probs", "top_tokens", "starts_answer",
-                                             "why_not_clearly_wrong", "classify", "filter_prompts"},
+    "reasonlab/concept_sft/topk_filter.py": {"top_tokens", "starts_answer", "why_not_clearly_wrong", "classify",
+                                             "why_wrong_word_is_not_wrong", "decide", "filter_prompts"},
+    "reasonlab/concept_sft/answer_prob.py": {"variant_sequences", "length_sorted_batches", "forward_logprobs",
+                                             "score_sequences", "word_break", "greedy_words"},
+    "reasonlab/concept_sft/edit_metrics.py": {"case_figures", "mean_sd", "beyond_spread", "verdict", "aggregate"},
     "reasonlab/activations/mbpp.py": {"cyclomatic_complexity", "assign_splits"},
     "reasonlab/llm_client.py": {"retry_after_seconds", "redact", "_RateLimiter.__init__", "_RateLimiter.wait",
                                 "LLMClient._backoff", "LLMClient.chat"},
-    "reasonlab/concept_sft/evaluate.py": {"evaluate_cases", "compare"},
+    "reasonlab/concept_sft/evaluate.py": {"evaluate_cases", "perplexity"},
 }
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
 COPY = ("reasonlab", "tasks", "tests", "flows", "blocks", "deployments", "configs", "data")

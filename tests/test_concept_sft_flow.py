@@ -23,7 +23,10 @@ def inputs(tmp_path, stories_path):
     answer = next(t.token.strip() for t in top[1:5] if t.token.strip().isalpha() and len(t.token.strip()) >= 3)
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([
-        {"prompt": "The little girl saw a", "answer": answer, "topic": ["girl"]},
+        {"prompt": "The little girl saw a", "answer": answer, "topic": ["girl"],
+         "paraphrases": ["The little boy saw a", "The small girl saw a"],
+         "neighbours": [{"prompt": "Once upon a time, there was a", "answer": "little"},
+                        {"prompt": "The sun was", "answer": "hot"}]},
         {"prompt": "The dog ran to the", "answer": "moon"},
     ]))
 
@@ -37,9 +40,10 @@ def inputs(tmp_path, stories_path):
     return {"prompts": str(prompts), "config": config, "wrong": top[0].token, "answer": answer}
 
 
-def run(inputs, texts):
+def run(inputs, texts, **groups):
     return concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](texts),
-                       formats={"evaluation": ["completion"]}, concept={"name": "little things"}, return_state=True)
+                       formats={"evaluation": ["completion"]}, concept={"name": "little things"},
+                       experiment={"seeds": 2, **groups.pop("experiment", {})}, return_state=True, **groups)
 
 
 def task_states(state):
@@ -53,20 +57,31 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     states, artifacts = task_states(first)
     assert set(states.values()) == {"Completed"}
     assert set(states) == {"load-prompts", "topk-filter", "attribution", "concept-candidates", "check-training-texts",
-                           "sft", "evaluate"}
+                           "evaluate", "sft-experiment", "attribution-diff"}
     assert {"concept-sft-filter", "concept-sft-results", "concept-sft-report"} <= artifacts
-    [row] = out["table"]
-    assert row["wrong_token"] == inputs["wrong"] and row["answer"] == inputs["answer"]
-    assert 0 < row["base_p_correct"] < row["base_p_wrong"] and row["sft_p_correct"] != row["base_p_correct"]
+    [row] = out["summary"]  # one case, one text set (the config's texts: the case is not in the text-set file)
+    assert (row["case"], row["text_set"], row["seeds"], row["answer"]) == ("The little girl saw a", "concept", 2,
+                                                                          inputs["answer"])
+    assert row["wrong_word"].startswith(inputs["wrong"])  # the greedy word starts with the top-1 token
+    assert 0 < row["base_p_correct"] < row["base_p_wrong"] and row["p_correct"] != row["base_p_correct"]
+    assert row["efficacy_sd"] is not None and row["neighbourhood"] is not None and row["paraphrase"] is not None
+    assert row["ppl_change"] != 0 and row["train_tokens"] > 0
+    [exp] = out["experiments"]
+    assert [s["seed"] for s in exp["seeds"]] == [0, 1] and exp["seeds"][0]["losses"] != exp["seeds"][1]["losses"]
+    assert exp["neuron"] is None and exp["concept"] == "little things"  # no neuron was chosen: none recorded
     results = json.loads((tmp_path.parent / out["run_dir"] / "results.json").read_text())
-    assert results["concept"] == "little things" and (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert results["summary"] == out["summary"] and results["base_perplexity"] > 1
+    kept = tmp_path / "ckpt" / "case0-concept"  # the first seed's checkpoint is kept for the attribution after SFT
+    assert (kept / "seed0" / "model.safetensors").is_file() and not (kept / "seed1").exists()
+    [diff] = out["attribution_after_sft"]
+    assert diff["sft_metric"] != diff["base_metric"]
 
     forwards = models.forward_passes()
     second = run(inputs, CLEAN_TEXTS)
     states, _ = task_states(second)
     assert set(states.values()) == {"Cached"}, states
     assert models.forward_passes() == forwards
-    assert second.result()["table"] == out["table"]
+    assert second.result()["summary"] == out["summary"]
 
 
 def test_texts_naming_the_wrong_answer_stop_before_training(inputs, tmp_path):
@@ -88,3 +103,26 @@ def test_bad_inputs_fail_before_any_model_work(inputs, tmp_path):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), formats={"evaluation": ["chat"]})
     assert models.forward_passes() == forwards
     assert not (tmp_path / "ckpt").exists()
+    with pytest.raises(ReasonlabError, match="experiment.seeds must be an integer >= 1"):
+        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), experiment={"seeds": 0})
+    with pytest.raises(ReasonlabError, match="no-such-texts.yaml"):
+        concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS),
+                    experiment={"texts": "no-such-texts.yaml"})
+    assert models.forward_passes() == forwards
+
+
+def test_controls_train_under_the_same_budget_one_experiment_per_text_set(inputs, tmp_path):
+    sets = tmp_path / "sets.yaml"
+    sets.write_text(yaml.safe_dump({"cases": [{
+        "prompt": "The little girl saw a", "concept": "little things", "texts": CLEAN_TEXTS,
+        "controls": {"unrelated": {"concept": "the sun", "texts": ["The sun was hot. Tom sat in the sun all day.",
+                                                                   "The sun was up. Sue went out to play in the sun."]},
+                     "direct": {"texts": [f"The answer is {inputs['answer']}. It was {inputs['answer']}.",
+                                          f"Say {inputs['answer']}, said Mom. {inputs['answer']}!"]}}}]}))
+    out = run(inputs, ["unused: the case has its own texts"], attribution={"cases": 0},
+              experiment={"seeds": 1, "controls": True, "texts": str(sets)}).result()
+    assert [(r["experiment"], r["text_set"], r["seeds"]) for r in out["summary"]] == [
+        ("case0-concept", "concept", 1), ("case0-unrelated", "unrelated", 1), ("case0-direct", "direct", 1)]
+    assert len({r["p_correct"] for r in out["summary"]}) == 3  # three different fine-tunes
+    assert all(r["train_tokens"] > 0 for r in out["summary"]) and out["attribution_after_sft"] == []
+    assert [e["concept"] for e in out["experiments"]] == ["little things", "the sun", None]

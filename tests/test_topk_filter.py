@@ -4,7 +4,7 @@ import pytest
 
 from reasonlab.models import load_model, resolve_model
 from reasonlab.concept_sft.prompts import PromptItem
-from reasonlab.concept_sft.topk_filter import TokenProb, classify, filter_prompts, next_token_topk
+from reasonlab.concept_sft.topk_filter import TokenProb, classify, decide, filter_prompts, next_token_topk
 
 ITEM = PromptItem("The primary hormone regulating blood pressure is", "aldosterone", ["blood pressure"])
 
@@ -83,6 +83,23 @@ def test_batched_equals_per_prompt(which, stories_path, tiny_models):
         assert max(abs(x.prob - y.prob) for x, y in zip(b, s, strict=True)) < 1e-4
 
 
+def test_the_whole_filter_decides_the_same_batched_and_prompt_by_prompt(stories_path):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    runner_up = [next((t.token.strip() for t in top[1:5] if word(t)), "moon")
+                 for top in next_token_topk(model, tokenizer, PROMPTS, k=10)]
+    items = [PromptItem(p, a) for p, a in zip(PROMPTS, runner_up)]
+    runs = [filter_prompts(model, tokenizer, items, batch_size=b) for b in (1, 4)]
+    rows = [{r["prompt"]: r for r in run["target_cases"] + run["rejected"]} for run in runs]
+    assert rows[0].keys() == rows[1].keys() == {it.prompt for it in items}
+    for p in rows[0]:
+        one, four = rows[0][p], rows[1][p]
+        assert (one["status"], one.get("reason"), one["correct_rank"], one.get("wrong_word")) == \
+               (four["status"], four.get("reason"), four["correct_rank"], four.get("wrong_word"))
+        for key in ("p_wrong", "p_correct"):
+            assert (one.get(key) is None and four.get(key) is None) or one[key] == pytest.approx(four[key], rel=1e-4)
+    assert sum("wrong_word" in r for r in rows[0].values()) >= 1  # the whole-answer step really ran
+
+
 def word(t):
     return t.token.strip().isalpha() and len(t.token.strip()) >= 3
 
@@ -103,14 +120,44 @@ def test_filter_finds_a_real_target_on_stories(stories_path):
 def test_rows_hold_every_field_the_later_stages_read():
     tokens = [(" ren", .23), (" sodium", .18), (" al", .05)]
     row = classify(ITEM, topk(*tokens), {2}, special_ids=set())
-    assert row == {"prompt": ITEM.prompt, "answer": "aldosterone", "topic": ["blood pressure"],
-                   "top_k": [{"token": t, "token_id": i, "prob": p} for i, (t, p) in enumerate(tokens)],
+    head = {"prompt": ITEM.prompt, "answer": "aldosterone", "topic": ["blood pressure"], "paraphrases": [],
+            "neighbours": []}
+    assert row == {**head, "top_k": [{"token": t, "token_id": i, "prob": p} for i, (t, p) in enumerate(tokens)],
                    "status": "target", "wrong_token": " ren", "wrong_token_id": 0, "wrong_prob": .23,
-                   "correct_token": " al", "correct_token_id": 2, "correct_prob": .05, "correct_rank": 3}
+                   "correct_token": " al", "correct_token_id": 2, "correct_prob": .05, "correct_first_rank": 3,
+                   "correct_rank": 3}
+    final = decide(row, " renin", [0, 7], p_wrong=.2, p_correct=.049, p_correct_first=.05, max_rank=5)
+    assert final == {**row, "wrong_word": " renin", "wrong_ids": [0, 7], "p_wrong": .2, "p_correct": .049,
+                     "p_correct_first": .05, "correct_rank": 3}
     rejected = classify(ITEM, topk((" the", .3), (" al", .1)), {1}, special_ids=set())
-    assert rejected == {"prompt": ITEM.prompt, "answer": "aldosterone", "topic": ["blood pressure"],
-                        "top_k": [{"token": " the", "token_id": 0, "prob": .3}, {"token": " al", "token_id": 1, "prob": .1}],
+    assert rejected == {**head, "top_k": [{"token": " the", "token_id": 0, "prob": .3},
+                                          {"token": " al", "token_id": 1, "prob": .1}],
                         "status": "rejected", "reason": "top-1 ' the' is a function word", "correct_rank": 2}
+
+
+BBC = PromptItem("The British public broadcaster is the", "BBC")
+
+
+def test_a_one_letter_first_token_does_not_make_a_target_when_the_whole_answer_is_far_behind():
+    """' B' at rank 3 starts 'BBC', but p(' BBC') is below the tokens at ranks 4-7: the whole answer ranks 7."""
+    tokens = [(" British", .3), (" UK", .12), (" B", .1)] + [(f" w{i}x", .05 - i * .001) for i in range(7)]
+    row = classify(BBC, topk(*tokens), {2}, special_ids=set())
+    assert row["status"] == "target" and row["correct_first_rank"] == 3  # the first token alone would keep it
+    final = decide(row, " British", [0], p_wrong=.25, p_correct=.046, p_correct_first=.1, max_rank=5)
+    assert final["status"] == "rejected" and final["correct_rank"] == 7
+    assert final["reason"] == ("whole answer at rank 7, beyond rank 5 (p=4.60%; its first token ' B' ranks 3)")
+    assert decide(row, " British", [0], p_wrong=.25, p_correct=.09, p_correct_first=.1, max_rank=5)["status"] == "target"
+
+
+@pytest.mark.parametrize("word, p_wrong, p_correct, reason", [
+    (" Aldosterone", .3, .1, "the greedy answer 'Aldosterone' is the answer"),
+    (" aldo", .3, .1, "is a prefix or variant of the answer 'aldosterone'"),
+    (" renin", .05, .05, "the whole answer (5.00%) is at least as probable as the greedy wrong answer 'renin' (5.00%)"),
+])
+def test_the_greedy_wrong_word_must_be_another_answer_and_ahead_of_the_right_one(word, p_wrong, p_correct, reason):
+    row = classify(ITEM, topk((" ren", .3), (" al", .1)), {1}, special_ids=set())
+    final = decide(row, word, [0], p_wrong=p_wrong, p_correct=p_correct, p_correct_first=.1, max_rank=5)
+    assert final["status"] == "rejected" and reason in final["reason"]
 
 
 def test_a_two_letter_prefix_starts_the_answer_and_one_letter_does_not():
@@ -150,7 +197,14 @@ def test_filter_defaults_are_the_chat_prompt_with_an_empty_system_prompt_and_the
                                           for t in texts)
         expected = [classify(it, tk, first_token_ids(tokenizer, it.answer), set(tokenizer.all_special_ids), 5)
                     for it, tk in zip(items, next_token_topk(model, tokenizer, texts, k=10), strict=True)]
-        assert result["target_cases"] + result["rejected"] == sorted(expected, key=lambda r: r["status"] != "target")
+        got = {r["prompt"]: r for r in result["target_cases"] + result["rejected"]}
+        for e in expected:  # the first-token step decides the same; the whole-answer step only adds to it
+            r = got[e["prompt"]]
+            assert [t["token_id"] for t in r["top_k"]] == [t["token_id"] for t in e["top_k"]]
+            assert [t["prob"] for t in r["top_k"]] == pytest.approx([t["prob"] for t in e["top_k"]], rel=1e-4)
+            same = {k for k in e if k not in ("correct_rank", "top_k", "wrong_prob", "correct_prob")}
+            assert {k: r[k] for k in same} == {k: e[k] for k in same} \
+                or (e["status"] == "target" and r["status"] == "rejected" and "wrong_word" in r)
         assert (result["format"], result["top_k"], result["max_rank"]) == (fmt, 10, 5)
 
 

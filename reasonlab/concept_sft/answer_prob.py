@@ -47,8 +47,13 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
-def forward_logprobs(model, tokenizer, sequences: list[list[int]], batch_size: int = 16):
-    """Yield (index, [len, vocab] log-probs of each next token) for every sequence, length-sorted batches."""
+def forward_logprobs(model, tokenizer, sequences: list[list[int]], batch_size: int = 16,
+                     keep: list[list[int]] | None = None):
+    """Yield (index, [n, vocab] next-token log-probs) per sequence, in length-sorted batches.
+
+    `keep[i]`: the positions of sequence i whose logits are needed (default: all). Only those go through the
+    LM head (`logits_to_keep`), which for a small model's large vocabulary is a good part of the work.
+    """
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
     for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
@@ -58,11 +63,25 @@ def forward_logprobs(model, tokenizer, sequences: list[list[int]], batch_size: i
         for row, i in enumerate(batch):
             ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
             mask[row, :len(sequences[i])] = 1
+        extra = {}
+        if keep is not None:
+            n = max(len(keep[i]) for i in batch)
+            extra["logits_to_keep"] = torch.tensor([keep[i] + keep[i][-1:] * (n - len(keep[i])) for i in batch],
+                                                   device=device)  # [batch, n], padded by repeating the last
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = logits.float().log_softmax(-1).cpu()  # [batch, pos, vocab]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits
+        logp = logits.float().log_softmax(-1).cpu()  # [batch, n or pos, vocab]
         for row, i in enumerate(batch):
-            yield i, logp[row, :len(sequences[i])]
+            yield i, logp[row, :len(keep[i]) if keep is not None else len(sequences[i])]
+
+
+def next_token_logprobs(model, tokenizer, contexts: list[str], batch_size: int = 16) -> list[torch.Tensor]:
+    """Each context's next-token log-probs [vocab]: one position through the LM head per context."""
+    seqs = [tokenizer.encode(c) for c in contexts]
+    out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
+    for i, logp in forward_logprobs(model, tokenizer, seqs, batch_size, keep=[[len(s) - 1] for s in seqs]):
+        out[i] = logp[0]
+    return out
 
 
 @dataclass
@@ -100,13 +119,13 @@ def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[li
     logp_full: dict[tuple[int, int], float] = {}
     first: dict[tuple[int, int], set[int]] = {}
     next_logp: dict[int, torch.Tensor] = {}
-    for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size):
+    keep = [list(range(len(ctx_ids[c]) - 1, len(ctx_ids[c]) - 1 + max(len(v), 1))) for c, _, v in jobs]
+    for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size, keep):  # logp[t]: before token t of v
         c, a, v = jobs[j]
-        n = len(ctx_ids[c])
-        next_logp.setdefault(c, logp[n - 1])
+        next_logp.setdefault(c, logp[0])
         if a is None:
             continue
-        total = float(logp[torch.arange(n - 1, n - 1 + len(v)), torch.tensor(v)].sum())
+        total = float(logp[torch.arange(len(v)), torch.tensor(v)].sum())
         logp_full[(c, a)] = float(torch.logaddexp(torch.tensor(logp_full.get((c, a), -math.inf)), torch.tensor(total)))
         first.setdefault((c, a), set()).add(v[0])
     out = []
@@ -150,7 +169,8 @@ def greedy_words(model, tokenizer, contexts: list[str], n_words: list[int], batc
     active = list(range(len(contexts)))
     while active:
         seqs = [ctx_ids[i] + generated[i] for i in active]
-        nxt = {active[j]: int(logp[-1].argmax()) for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size)}
+        nxt = {active[j]: int(logp[-1].argmax())
+               for j, logp in forward_logprobs(model, tokenizer, seqs, batch_size, keep=[[len(q) - 1] for q in seqs])}
         still = []
         for i in active:
             tok = nxt[i]

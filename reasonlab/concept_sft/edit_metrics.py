@@ -89,24 +89,24 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def _pm(mean: float | None, sd: float | None, pct: bool = True) -> str:
+def _pm(mean: float | None, sd: float | None, pct: bool = True, digits: int = 0) -> str:
     if mean is None:
         return "—"
-    fmt = (lambda x: f"{x:.0%}") if pct else (lambda x: f"{x:+.1%}")
+    fmt = (lambda x: f"{x:.{digits}%}") if pct else (lambda x: f"{x:+.1%}")
     return fmt(mean) + ("" if sd is None else f" ± {fmt(sd).lstrip('+')}")
 
 
 def results_markdown(summary: list[dict]) -> str:
     """One row per (case, text set, format): the edit measures as mean ± sd over the seeds."""
-    lines = ["| Case | Text set | Format | Wrong | Correct | Seeds | Base p(wrong)→p(correct) | SFT p(correct) "
+    lines = ["| Case | Text set | Format | Wrong | Correct | Seeds | Base p(wrong)→p(correct) | SFT p(wrong) | SFT p(correct) "
              "| Efficacy | Paraphrases (base) | Neighbourhood | Perplexity change | Gain beyond spread | Verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         base_para = "—" if r["base_paraphrase"] is None else f"{r['base_paraphrase']:.0%}"
         lines.append(
             f"| {r['case']} | {r.get('text_set', 'concept')} | {r['format']} | {(r['wrong_word'] or '').strip()} "
             f"| {r['answer']} | {r['seeds']} | {r['base_p_wrong']:.1%} → {r['base_p_correct']:.1%} "
-            f"| {_pm(r['p_correct'], r['p_correct_sd'])} | {_pm(r['efficacy'], r['efficacy_sd'])} "
+            f"| {_pm(r['p_wrong'], r['p_wrong_sd'], digits=1)} | {_pm(r['p_correct'], r['p_correct_sd'], digits=1)} | {_pm(r['efficacy'], r['efficacy_sd'])} "
             f"| {_pm(r['paraphrase'], r['paraphrase_sd'])} ({base_para}) "
             f"| {_pm(r['neighbourhood'], r['neighbourhood_sd'])} | {_pm(r['ppl_change'], r['ppl_change_sd'], pct=False)} "
             f"| {'—' if r['gain_beyond_spread'] is None else ('yes' if r['gain_beyond_spread'] else 'no')} | {r['verdict']} |")

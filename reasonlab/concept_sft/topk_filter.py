@@ -39,37 +39,14 @@ class TokenProb:
     prob: float
 
 
-def next_token_probs(model, tokenizer, texts: list[str], batch_size: int = 8):
-    """Yield each text's next-token distribution (a [vocab] float tensor), `batch_size` texts a pass.
-
-    Right padding: causal attention keeps pads (after the text) out of every real position, so
-    the logits at each text's last token equal an unpadded forward pass.
-    """
-    import torch
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(t) for t in texts[start : start + batch_size]]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-        last = torch.tensor([len(e) - 1 for e in encoded], device=model.device)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
-        yield from logits[torch.arange(len(encoded), device=model.device), last].float().softmax(-1).cpu()
-
-
 def top_tokens(tokenizer, probs, k: int = 10) -> list[TokenProb]:
     top_p, top_i = probs.topk(k)
     return [TokenProb(token_text(tokenizer, i), i, p) for p, i in zip(top_p.tolist(), top_i.tolist())]
 
 
-def next_token_topk(model, tokenizer, texts: list[str], k: int = 10, batch_size: int = 8) -> list[list[TokenProb]]:
-    """Top-k next-token probabilities after each text (batched)."""
-    return [top_tokens(tokenizer, p, k) for p in next_token_probs(model, tokenizer, texts, batch_size)]
+def next_token_topk(model, tokenizer, texts: list[str], k: int = 10, batch_size: int = 16) -> list[list[TokenProb]]:
+    """Top-k next-token probabilities after each text (length-sorted batches)."""
+    return [top_tokens(tokenizer, logp.exp(), k) for logp in AP.next_token_logprobs(model, tokenizer, texts, batch_size)]
 
 
 def starts_answer(tok: TokenProb, answer: str, correct_ids: set[int]) -> bool:
@@ -156,25 +133,26 @@ def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, ma
                    batch_size: int = 16) -> dict:
     """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json).
 
-    One batched pass scores every prompt's next token and whole answer; only the prompts that survive the
-    first-token checks get a greedy wrong word (a few more batched passes) and its whole probability.
+    One batched pass reads every prompt's next-token top-k (the cheap first-token checks); only the prompts
+    that survive them get their whole answer scored and a greedy wrong word (a few more batched passes).
     `batch_size=1` is the per-prompt loop (the same decisions; see bench/topk_batching.py).
     """
     texts = [build_prompt(tokenizer, it.prompt, fmt, system_prompt, answer_prefix) for it in items]
-    scored = AP.score_answers(model, tokenizer, texts, [[it.answer] for it in items], batch_size)
+    nexts = AP.next_token_logprobs(model, tokenizer, texts, batch_size)
     special = set(tokenizer.all_special_ids)
-    rows = [classify(it, top_tokens(tokenizer, s[0].next_probs, k), first_token_ids(tokenizer, it.answer), special,
-                     max_rank) for it, s in zip(items, scored, strict=True)]
+    rows = [classify(it, top_tokens(tokenizer, logp.exp(), k), first_token_ids(tokenizer, it.answer), special, max_rank)
+            for it, logp in zip(items, nexts, strict=True)]
     live = [i for i, r in enumerate(rows) if r["status"] == "target"]
-    words = AP.greedy_words(model, tokenizer, [texts[i] for i in live],
-                            [len(items[i].answer.split()) for i in live], batch_size)
+    contexts = [texts[i] for i in live]
+    correct = AP.score_answers(model, tokenizer, contexts, [[items[i].answer] for i in live], batch_size)
+    words = AP.greedy_words(model, tokenizer, contexts, [len(items[i].answer.split()) for i in live], batch_size)
     wrong_words = [tokenizer.decode(ids) for ids in words]
-    wrong = AP.score_sequences(model, tokenizer, [texts[i] for i in live],
+    wrong = AP.score_sequences(model, tokenizer, contexts,
                                [[AP.word_sequences(tokenizer, w, ids)] for w, ids in zip(wrong_words, words)],
                                batch_size)
     for j, i in enumerate(live):
-        rows[i] = decide(rows[i], wrong_words[j], words[j], wrong[j][0].p_full, scored[i][0].p_full,
-                         scored[i][0].p_first, max_rank)
+        rows[i] = decide(rows[i], wrong_words[j], words[j], wrong[j][0].p_full, correct[j][0].p_full,
+                         correct[j][0].p_first, max_rank)
     return {
         "format": fmt,
         "top_k": k,
