@@ -127,7 +127,8 @@ def concept_sft(
     # Stage 5 - one experiment per target case (or one joint) x text set, texts leak-checked
     text_sets = load_text_sets(paths.find_input(experiment.texts)) if experiment.texts else {}
     experiments, skipped = plan_experiments(cases, text_sets, config.texts, joint=experiment.joint,
-                                            controls=experiment.controls, neuron=concept.neuron, concept=concept.name)
+                                            text_sets_wanted=experiment.text_sets, neuron=concept.neuron,
+                                            concept=concept.name)
     if concept.interactive:
         experiments = [choose_concept(e, graphs, candidates, concept.pause_timeout) if e["text_set"] == "concept"
                        else e for e in experiments]
@@ -215,6 +216,8 @@ def check_inputs(prompts: str = DEFAULT_PROMPTS, sft_config: str = DEFAULT_SFT_C
     config = load_sft_config(paths.find_input(sft_config))
     if use_chat_template is not None:
         config = config.model_copy(update={"use_chat_template": use_chat_template})
+    overrides = {k: getattr(parsed["experiment"], k) for k in ("learning_rate", "epochs")}
+    config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})  # the sweep's knobs
     prompts_path = paths.find_input(prompts)
     if not parsed["generation"].enabled:
         load_prompt_items(prompts_path)  # malformed rows: one error naming the row and field
@@ -327,7 +330,8 @@ FLAGS: dict[str, str | Flag] = {
     "concept.name": "--concept", "concept.neuron": "--concept-neuron", "concept.corpus": "--concept-corpus",
     "concept.label": Flag("--label-concepts", off="--no-llm"),  # --no-llm: the seed's flag (labels are off by default)
     "concept.interactive": "--interactive", "concept.pause_timeout": "--pause-timeout",
-    "experiment.texts": "--texts", "experiment.seeds": "--seeds", "experiment.controls": "--controls",
+    "experiment.texts": "--texts", "experiment.seeds": "--seeds", "experiment.text_sets": "--text-sets",
+    "experiment.learning_rate": "--learning-rate", "experiment.epochs": "--epochs",
     "experiment.joint": "--joint", "experiment.neighbour_tolerance": "--neighbour-tolerance",
     "experiment.heldout": "--heldout", "experiment.attribution_after": "--attribution-after",
     "generation.enabled": "--generate", "generation.n": "--n", "generation.batches": "--batches",

@@ -117,14 +117,19 @@ def test_server_command_gives_the_ui_its_api_and_serves_run_files(tmp_path):
 
 
 def test_results_table_has_one_column_per_figure():
-    from reasonlab.concept_sft.evaluate import results_markdown
+    from reasonlab.concept_sft.edit_metrics import aggregate, results_markdown
 
-    row = {"prompt": "The hormone is", "format": "chat", "wrong_token": " ren", "answer": "aldosterone",
-           "base_p_wrong": 0.23, "base_p_correct": 0.05, "sft_p_wrong": 0.10, "sft_p_correct": 0.31,
-           "correct_gain": 0.26, "flipped": True, "base_top1": " ren", "sft_top1": " al"}
-    header, _, line = results_markdown([row]).splitlines()
+    seeds = [{"case": "The hormone is", "format": "chat", "answer": "aldosterone", "wrong_word": " renin",
+              "text_set": "concept", "base_efficacy": 0.0, "base_paraphrase": 0.25, "base_p_correct": 0.05,
+              "base_p_wrong": 0.23, "base_top1": " ren", "efficacy": e, "paraphrase": 0.5, "neighbourhood": 0.8,
+              "ppl_change": 0.02, "p_correct": pc, "p_wrong": 0.10, "correct_gain": pc - 0.05}
+             for e, pc in ((1.0, 0.31), (0.0, 0.09))]
+    header, _, line = results_markdown([aggregate(seeds)]).splitlines()
     cells = dict(zip([h.strip() for h in header.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
-    assert cells["Base p(wrong)"] == "23.0%" and cells["Base p(correct)"] == "5.0%"
-    assert cells["SFT p(wrong)"] == "10.0%" and cells["SFT p(correct)"] == "31.0%"
-    assert cells["Δ p(correct)"] == "+26.0%" and cells["Flipped"] == "yes"
+    assert cells["Base p(wrong)"] == "23.0%" and cells["Base p(correct)"] == "5.0%" and cells["Wrong"] == "renin"
+    assert cells["SFT p(wrong)"] == "10.0% ± 0.0%" and cells["SFT p(correct)"] == "20.0% ± 15.6%"
+    assert cells["Efficacy"] == "50% ± 71%" and cells["Paraphrases"] == "50% ± 0%"
+    assert cells["Base paraphrases"] == "25%" and cells["Neighbourhood"] == "80% ± 0%"
+    assert cells["Perplexity change"] == "+2.0% ± 0.0%" and cells["Seeds"] == "2"
+    assert cells["Gain beyond spread"] == "no" and cells["Verdict"] == "learned"
     assert "→" not in header + line

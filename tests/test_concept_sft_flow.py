@@ -120,7 +120,7 @@ def test_controls_train_under_the_same_budget_one_experiment_per_text_set(inputs
                      "direct": {"texts": [f"The answer is {inputs['answer']}. It was {inputs['answer']}.",
                                           f"Say {inputs['answer']}, said Mom. {inputs['answer']}!"]}}}]}))
     out = run(inputs, ["unused: the case has its own texts"], attribution={"cases": 0},
-              experiment={"seeds": 1, "controls": True, "texts": str(sets)}).result()
+              experiment={"seeds": 1, "text_sets": ["concept", "unrelated", "direct"], "texts": str(sets)}).result()
     assert [(r["experiment"], r["text_set"], r["seeds"]) for r in out["summary"]] == [
         ("case0-concept", "concept", 1), ("case0-unrelated", "unrelated", 1), ("case0-direct", "direct", 1)]
     assert len({r["p_correct"] for r in out["summary"]}) == 3  # three different fine-tunes

@@ -180,6 +180,8 @@ def test_fewer_than_one_seed_is_refused_by_name(seeds):
     with pytest.raises(ReasonlabError, match=f"experiment.seeds must be an integer >= 1 .*got {seeds!r}"):
         parse_group("experiment", {"seeds": seeds})
     assert parse_group("experiment", {"seeds": 1}).seeds == 1
+    with pytest.raises(ReasonlabError, match="unknown text set 'shuffled'"):
+        parse_group("experiment", {"text_sets": ["concept", "shuffled"]})
 
 
 def test_shipped_prompts_and_text_sets_load_and_every_case_has_both_controls():

@@ -19,11 +19,12 @@ def test_one_experiment_per_case_and_text_set_and_controls_on_request():
     assert [(e["name"], e["texts"]) for e in plain] == [("case0-concept", ["a1", "a2"]), ("case1-concept", ["b1"])]
     assert skipped == [{"case": C["prompt"], "text_set": "concept",
                         "reason": "no training texts: add the case to the text-set file or to the SFT config"}]
-    full, skipped = plan_experiments([A, B, C], SETS, ["fallback"], controls=True)
+    full, skipped = plan_experiments([A, B, C], SETS, ["fallback"], text_sets_wanted=["concept", "unrelated", "direct"])
     assert [e["name"] for e in full] == ["case0-concept", "case0-unrelated", "case0-direct", "case1-concept",
                                          "case2-concept"]
     assert full[-1]["texts"] == ["fallback"] and [e["cases"] for e in full[:3]] == [[A]] * 3
-    assert [s["text_set"] for s in skipped] == ["unrelated", "direct"]  # case 1 has no controls: said, not hidden
+    assert [(s["case"], s["text_set"]) for s in skipped] == [(B["prompt"], "unrelated"), (B["prompt"], "direct"),
+                                                             (C["prompt"], "unrelated"), (C["prompt"], "direct")]
     assert full[1]["neuron"] is None and full[0]["concept"] == "aldosterone is a hormone"
 
 
@@ -35,7 +36,9 @@ def test_the_neuron_is_recorded_only_when_chosen():
 
 
 def test_joint_trains_one_model_per_text_set_over_every_case():
-    joint, _ = plan_experiments([A, B], SETS, [], joint=True, controls=True)
+    joint, _ = plan_experiments([A, B], SETS, [], joint=True, text_sets_wanted=("concept", "unrelated", "direct"))
+    only_direct, _ = plan_experiments([A, B], SETS, [], text_sets_wanted=["direct"])
+    assert [(e["name"], e["texts"]) for e in only_direct] == [("case0-direct", ["d1", "d2"])]
     assert [(e["name"], e["texts"], len(e["cases"])) for e in joint] == [
         ("joint-concept", ["a1", "a2", "b1"], 2), ("joint-unrelated", ["u1", "u2"], 1), ("joint-direct", ["d1", "d2"], 1)]
 

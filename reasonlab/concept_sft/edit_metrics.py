@@ -96,18 +96,22 @@ def _pm(mean: float | None, sd: float | None, pct: bool = True, digits: int = 0)
     return fmt(mean) + ("" if sd is None else f" ± {fmt(sd).lstrip('+')}")
 
 
+COLUMNS = ["Case", "Text set", "Format", "Wrong", "Correct", "Seeds", "Base p(wrong)", "Base p(correct)",
+           "SFT p(wrong)", "SFT p(correct)", "Efficacy", "Paraphrases", "Base paraphrases", "Neighbourhood",
+           "Perplexity change", "Gain beyond spread", "Verdict"]
+
+
 def results_markdown(summary: list[dict]) -> str:
-    """One row per (case, text set, format): the edit measures as mean ± sd over the seeds."""
-    lines = ["| Case | Text set | Format | Wrong | Correct | Seeds | Base p(wrong)→p(correct) | SFT p(wrong) | SFT p(correct) "
-             "| Efficacy | Paraphrases (base) | Neighbourhood | Perplexity change | Gain beyond spread | Verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per (case, text set, format), one column per figure: mean ± sd over the seeds."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in summary:
-        base_para = "—" if r["base_paraphrase"] is None else f"{r['base_paraphrase']:.0%}"
-        lines.append(
-            f"| {r['case']} | {r.get('text_set', 'concept')} | {r['format']} | {(r['wrong_word'] or '').strip()} "
-            f"| {r['answer']} | {r['seeds']} | {r['base_p_wrong']:.1%} → {r['base_p_correct']:.1%} "
-            f"| {_pm(r['p_wrong'], r['p_wrong_sd'], digits=1)} | {_pm(r['p_correct'], r['p_correct_sd'], digits=1)} | {_pm(r['efficacy'], r['efficacy_sd'])} "
-            f"| {_pm(r['paraphrase'], r['paraphrase_sd'])} ({base_para}) "
-            f"| {_pm(r['neighbourhood'], r['neighbourhood_sd'])} | {_pm(r['ppl_change'], r['ppl_change_sd'], pct=False)} "
-            f"| {'—' if r['gain_beyond_spread'] is None else ('yes' if r['gain_beyond_spread'] else 'no')} | {r['verdict']} |")
+        spread = r["gain_beyond_spread"]
+        cells = [r["case"], r.get("text_set", "concept"), r["format"], (r["wrong_word"] or "").strip(), r["answer"],
+                 str(r["seeds"]), f"{r['base_p_wrong']:.1%}", f"{r['base_p_correct']:.1%}",
+                 _pm(r["p_wrong"], r["p_wrong_sd"], digits=1), _pm(r["p_correct"], r["p_correct_sd"], digits=1),
+                 _pm(r["efficacy"], r["efficacy_sd"]), _pm(r["paraphrase"], r["paraphrase_sd"]),
+                 _pm(r["base_paraphrase"], None), _pm(r["neighbourhood"], r["neighbourhood_sd"]),
+                 _pm(r["ppl_change"], r["ppl_change_sd"], pct=False),
+                 "—" if spread is None else "yes" if spread else "no", r["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from reasonlab.concept_sft.attribution import METHODS, PRUNE_MODES, check_tau
+from reasonlab.concept_sft.text_sets import TEXT_SETS
 from reasonlab.errors import ReasonlabError, check_model
 from reasonlab.prompt_format import FORMATS
 
@@ -31,6 +32,7 @@ def one_of(what: str, choices: tuple[str, ...]) -> BeforeValidator:
 Format = Annotated[Literal[FORMATS], one_of("prompt format", FORMATS)]
 PruneMode = Annotated[Literal[PRUNE_MODES], one_of("pruning mode", PRUNE_MODES)]
 Method = Annotated[Literal[METHODS], one_of("attribution method", METHODS)]
+TextSetName = Annotated[Literal[TEXT_SETS], one_of("text set", TEXT_SETS)]
 
 
 class Group(BaseModel):
@@ -105,8 +107,12 @@ class ExperimentParams(Group):
                                                               "the controls (a case missing there trains on "
                                                               "the SFT config's texts)")
     seeds: int = Field(3, description="SFT repeats per experiment (seeds 0..N-1): figures are mean ± sd")
-    controls: bool = Field(False, description="also train each case's control text sets (an unrelated concept; "
-                                              "the answer stated directly) under the same budget")
+    text_sets: list[TextSetName] = Field(["concept"], min_length=1,
+                                         description="what each case trains on: its concept texts, and the controls "
+                                                     "'unrelated' (another concept) and 'direct' (the answer stated "
+                                                     "directly), each under the same budget")
+    learning_rate: float | None = Field(None, gt=0, description="overrides the SFT config's learning rate")
+    epochs: int | None = Field(None, ge=1, description="overrides the SFT config's epochs")
     joint: bool = Field(False, description="one fine-tune over every case's texts instead of one per case")
     neighbour_tolerance: float = Field(2.0, gt=1, description="a neighbour holds when its top-1 is unchanged and "
                                                               "its answer probability moved by less than this factor")

@@ -27,6 +27,7 @@ from reasonlab.errors import ReasonlabError, check_model
 from reasonlab.io import read_structured
 
 CONTROLS = ("unrelated", "direct")
+TEXT_SETS = ("concept", *CONTROLS)
 
 
 class TextSet(BaseModel):
@@ -63,13 +64,13 @@ def load_text_sets(path: Path | str) -> dict[str, CaseTexts]:
 
 
 def plan_experiments(cases: list[dict], text_sets: dict[str, CaseTexts], default_texts: list[str], *,
-                     joint: bool = False, controls: bool = False, neuron: str | None = None,
-                     concept: str | None = None) -> tuple[list[dict], list[dict]]:
+                     joint: bool = False, text_sets_wanted: tuple[str, ...] | list[str] = ("concept",),
+                     neuron: str | None = None, concept: str | None = None) -> tuple[list[dict], list[dict]]:
     """(experiments, skipped). An experiment: {name, cases, text_set, concept, neuron, texts}.
 
-    Per case (default): the case's concept texts, then (with `controls`) each control it has. Joint: one
-    experiment per text set over every case, its texts the cases' texts concatenated. `neuron`/`concept`
-    (parameters) override the file's for the concept text set.
+    Per case (default): one experiment per wanted text set the case has (its concept texts; the controls).
+    Joint: one experiment per text set over every case, its texts the cases' texts concatenated.
+    `neuron`/`concept` (parameters) override the file's for the concept text set.
     """
     per_case, skipped = [], []
     for i, case in enumerate(cases):
@@ -78,25 +79,21 @@ def plan_experiments(cases: list[dict], text_sets: dict[str, CaseTexts], default
         if entry:
             sets["concept"] = {"concept": concept or entry.concept, "neuron": neuron or entry.neuron,
                                "texts": list(entry.texts)}
-            if controls:
-                for name in CONTROLS:
-                    if name in entry.controls:
-                        sets[name] = {"concept": entry.controls[name].concept, "neuron": None,
-                                      "texts": list(entry.controls[name].texts)}
-                    else:
-                        skipped.append({"case": case["prompt"], "text_set": name,
-                                        "reason": f"the text-set file has no {name!r} control for this case"})
+            sets |= {name: {"concept": c.concept, "neuron": None, "texts": list(c.texts)}
+                     for name, c in entry.controls.items()}
         elif default_texts:
             sets["concept"] = {"concept": concept, "neuron": neuron, "texts": list(default_texts)}
-        else:
-            skipped.append({"case": case["prompt"], "text_set": "concept",
-                            "reason": "no training texts: add the case to the text-set file or to the SFT config"})
+        for name in [n for n in TEXT_SETS if n in text_sets_wanted and n not in sets]:
+            skipped.append({"case": case["prompt"], "text_set": name,
+                            "reason": "no training texts: add the case to the text-set file or to the SFT config"
+                            if name == "concept" else f"the text-set file has no {name!r} control for this case"})
+        sets = {n: sets[n] for n in TEXT_SETS if n in text_sets_wanted and n in sets}
         per_case.append((i, case, sets))
     if not joint:
         return [{"name": f"case{i}-{name}", "cases": [case], "text_set": name, **spec}
                 for i, case, sets in per_case for name, spec in sets.items()], skipped
     experiments = []
-    for name in ("concept", *CONTROLS):
+    for name in TEXT_SETS:
         members = [(case, sets[name]) for _, case, sets in per_case if name in sets]
         if members:
             texts = list(dict.fromkeys(t for _, spec in members for t in spec["texts"]))
