@@ -146,12 +146,21 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     patching = None
     if cf_ids is not None:
         _, patch_pred, patch_real = A.patching_effects(model, ids, cf_ids, checked, a, b, gradients=attr.gradients)
+        # nodes before the first differing token see the same activations in both runs (effects exactly 0):
+        # the agreement over the nodes at or after it is reported apart, free of those ties
+        first = int((ids[0] != cf_ids[0]).nonzero()[0, 0]) if not torch.equal(ids, cf_ids) else n_pos
+        after = [i for i, (_, p, _) in enumerate(checked) if p >= first]
         patching = {"method": "patch one neuron at one position from the counterfactual run",
                     "counterfactual": counterfactual, "counterfactual_tokens": A.token_texts(tokenizer, cf_ids),
                     "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": patch_pred, "real": patch_real,
                     "spearman": A.rank_agreement(patch_pred, patch_real),
                     "spearman_vs_influence": A.rank_agreement([float(attr.influence[n]) for n in checked],
-                                                              patch_real)}
+                                                              patch_real),
+                    "first_changed_position": first, "downstream_nodes": len(after),
+                    "spearman_downstream": A.rank_agreement([patch_pred[i] for i in after],
+                                                            [patch_real[i] for i in after]),
+                    "spearman_vs_influence_downstream": A.rank_agreement(
+                        [float(attr.influence[checked[i]]) for i in after], [patch_real[i] for i in after])}
 
     lens: dict[tuple[int, int], dict] = {}
     for layer in sorted({l for l, _, _ in nodes}):

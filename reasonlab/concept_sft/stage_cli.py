@@ -70,6 +70,9 @@ def run_attribute(args: argparse.Namespace) -> dict:
         pt = graph["patching"]
         print(f"patching rho (real vs attribution patching) = {_rho(pt['spearman'])}, "
               f"(real vs act x grad influence) = {_rho(pt['spearman_vs_influence'])} over {len(pt['nodes'])} nodes")
+        print(f"  over the {pt['downstream_nodes']} nodes at or after the first changed position "
+              f"{pt['first_changed_position']}: {_rho(pt['spearman_downstream'])}, "
+              f"vs influence {_rho(pt['spearman_vs_influence_downstream'])}")
     for n in sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))[:8]:
         print(f"  {n['id']:18} {n['token']!r:14} influence {n['influence']:+.4f}  ({n['origin']})")
     summary = {"graph": files, "logit_diff": graph["logit_diff"], "ablation_spearman": graph["ablation"]["spearman"],
