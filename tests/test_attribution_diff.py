@@ -15,6 +15,7 @@ from reasonlab.concept_sft.attribution_diff import abs_rank, attribution_diff, r
 from reasonlab.concept_sft.attribution_graph import attribution_graph, read_graph
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import load_model, resolve_model
+from reasonlab.prompt_format import build_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[1, 57, 300, 45, 99, 410, 23, 77]])  # [1, pos]
@@ -110,6 +111,11 @@ def test_graph_gets_a_patching_section_only_with_a_counterfactual(tiny_models):
     assert pt["spearman"] == pytest.approx(spearmanr(pt["predicted"], pt["real"]).statistic)
     by_id = {n["id"]: n["influence"] for n in graph["nodes"]}
     assert pt["spearman_vs_influence"] == pytest.approx(spearmanr([by_id[i] for i in pt["nodes"]], pt["real"]).statistic)
+    cf_ids = A.encode_prompt(tokenizer, build_prompt(tokenizer, COUNTERFACTUAL, "chat", "", " Answer:"), "cpu")
+    with torch.no_grad():
+        cf_logits = model(cf_ids).logits
+    a, b = graph["contrastive_ids"]
+    assert pt["counterfactual_logit_diff"] == pytest.approx(float(cf_logits[0, -1, a] - cf_logits[0, -1, b]), rel=1e-5)
     first = next(i for i, (x, y) in enumerate(zip(graph["tokens"], pt["counterfactual_tokens"])) if x != y)
     assert pt["first_changed_position"] == first == graph["prompt_positions"][0]  # the first word differs
     after = [i for i, node in enumerate(pt["nodes"]) if int(node.split("@")[1]) >= first]

@@ -149,9 +149,12 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
         # nodes before the first differing token see the same activations in both runs (effects exactly 0):
         # the agreement over the nodes at or after it is reported apart, free of those ties
         first = int((ids[0] != cf_ids[0]).nonzero()[0, 0]) if not torch.equal(ids, cf_ids) else n_pos
+        with torch.no_grad():
+            cf_metric = float(A.logit_diff(model(cf_ids).logits, a, b)[0])  # m on the counterfactual itself
         after = [i for i, (_, p, _) in enumerate(checked) if p >= first]
         patching = {"method": "patch one neuron at one position from the counterfactual run",
                     "counterfactual": counterfactual, "counterfactual_tokens": A.token_texts(tokenizer, cf_ids),
+                    "counterfactual_logit_diff": cf_metric,
                     "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": patch_pred, "real": patch_real,
                     "spearman": A.rank_agreement(patch_pred, patch_real),
                     "spearman_vs_influence": A.rank_agreement([float(attr.influence[n]) for n in checked],

@@ -68,6 +68,7 @@ def run_attribute(args: argparse.Namespace) -> dict:
     print(f"ablation rho = {_rho(graph['ablation']['spearman'])} over {len(graph['ablation']['nodes'])} nodes")
     if "patching" in graph:
         pt = graph["patching"]
+        print(f"counterfactual {pt['counterfactual']!r}: {graph['metric']} = {pt['counterfactual_logit_diff']:+.4f}")
         print(f"patching rho (real vs attribution patching) = {_rho(pt['spearman'])}, "
               f"(real vs act x grad influence) = {_rho(pt['spearman_vs_influence'])} over {len(pt['nodes'])} nodes")
         print(f"  over the {pt['downstream_nodes']} nodes at or after the first changed position "
