@@ -129,6 +129,18 @@ def test_graph_gets_a_patching_section_only_with_a_counterfactual(tiny_models):
         attribution_graph(model, tokenizer, PROMPT, PAIR, counterfactual="Tom saw a very big dog", **kwargs)
 
 
+@pytest.mark.slow
+def test_smollm2_aldosterone_patching_agrees_with_attribution_patching():
+    model, tokenizer = load_model(resolve_model("smollm2-135m-instruct"))
+    graph = attribution_graph(model, tokenizer, "The primary hormone regulating blood pressure is", (" Ald", " Ren"),
+                              tau=0.05, max_nodes=20, n_prompt_nodes=4, ablate_top=16,
+                              counterfactual="The primary hormone regulating sodium retention is")
+    pt = graph["patching"]
+    assert graph["tokens"][pt["first_changed_position"]] == " blood"
+    assert abs(pt["counterfactual_logit_diff"] - graph["logit_diff"]) > 0.5  # the counterfactual moves m
+    assert pt["downstream_nodes"] >= 5 and pt["spearman_downstream"] > 0.8, pt
+
+
 # ---------------------------------------------------------------------------- the diff after SFT
 
 
