@@ -3,6 +3,8 @@
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
     reasonlab library generate nephrology --output my_library.yaml   # LLM-written entries (REASONLAB_LLM_* env)
+    reasonlab attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR    # concept-SFT stages alone:
+    reasonlab sft --config my_sft.yaml                                          # see concept_sft/stage_cli.py
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reasonlab.concept_sft import stage_cli
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import DEFAULT_MODEL, REGISTRY, is_materialized, materialized_path, resolve_model
 
@@ -70,9 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--output", required=True, help="the new library file (the old entries + the new ones)")
     gen.add_argument("--hint", action="append", default=[], help="DOMAIN=what it covers (repeatable)")
     gen.add_argument("--attempts", type=int, default=3)
+    stage_cli.add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command == "library":
+        if args.command in stage_cli.COMMANDS:
+            stage_cli.COMMANDS[args.command](args)
+        elif args.command == "library":
             library_generate(args.domains, args.library, args.output, args.hint, args.attempts)
         elif args.action == "list":
             models_list()

@@ -1,4 +1,5 @@
-"""Concept-SFT stages 3-4 as Prefect tasks: the attribution graph of a target case, then its concept candidates."""
+"""Concept-SFT stages 3-4 as Prefect tasks: the attribution graph of a target case, its concept candidates, and
+the same graph re-attributed on the SFT model (the diff after stage 6)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from reasonlab.concept_sft import attribution_diff as ad
 from reasonlab.concept_sft import attribution_graph as ag
 from reasonlab.concept_sft import concepts
+from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.llm_client import EndpointConfig
 from reasonlab.models import ResolvedModel, load_model
@@ -19,23 +22,66 @@ from tasks.prompt_generation import open_client
 def attribute_case(model: ResolvedModel, case: dict, out_dir: str, fmt: str = "chat", system_prompt: str = "",
                    answer_prefix: str = " Answer:", contrastive: list[str] | None = None, tau: float = 0.05,
                    prune_mode: str = "max", method: str = "act_x_grad", max_nodes: int = 30,
-                   n_prompt_nodes: int = 8, ablate_top: int = 20, device: str = "auto", dtype: str = "auto") -> dict:
-    """Stage 3: graph.json / graph.png / graph.html under out_dir for one target case; returns the summary."""
+                   n_prompt_nodes: int = 8, ablate_top: int = 20, device: str = "auto", dtype: str = "auto",
+                   counterfactual: str | None = None) -> dict:
+    """Stage 3: graph.json / graph.png / graph.html under out_dir for one target case; returns the summary.
+
+    `counterfactual`: a same-length prompt whose answer is the other side of the contrast; adds the graph's
+    activation-patching check (`patching` section, `patching_spearman` in the summary)."""
     lm, tokenizer = load_model(model, device, dtype)
     pair = tuple(contrastive) if contrastive else ag.case_contrastive(tokenizer, case, fmt)
     graph = ag.attribution_graph(lm, tokenizer, case["prompt"], pair, fmt=fmt, system_prompt=system_prompt,
                                  answer_prefix=answer_prefix, tau=tau, prune_mode=prune_mode, method=method,
-                                 max_nodes=max_nodes, n_prompt_nodes=n_prompt_nodes, ablate_top=ablate_top)
+                                 max_nodes=max_nodes, n_prompt_nodes=n_prompt_nodes, ablate_top=ablate_top,
+                                 counterfactual=counterfactual)
     files = ag.write_graph(graph, out_dir)
     rho = graph["ablation"]["spearman"]
     get_run_logger().info(f"{case['prompt']!r}: {graph['metric']} = {graph['logit_diff']:+.3f}, "
                           f"{len(graph['nodes'])} nodes, ablation rho = {'n/a' if rho is None else f'{rho:.3f}'} "
                           f"-> {files['png']}")
     top = sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))[:10]
-    return {"prompt": case["prompt"], "contrastive": list(pair), "metric": graph["metric"],
-            "logit_diff": graph["logit_diff"], "nodes": len(graph["nodes"]), "edges": len(graph["edges"]),
-            "spearman": rho, "ablated": len(graph["ablation"]["nodes"]), "files": files,
-            "top_nodes": [{k: n[k] for k in ("id", "token", "influence", "activation", "origin")} for n in top]}
+    summary = {"prompt": case["prompt"], "contrastive": list(pair), "metric": graph["metric"],
+               "logit_diff": graph["logit_diff"], "nodes": len(graph["nodes"]), "edges": len(graph["edges"]),
+               "spearman": rho, "ablated": len(graph["ablation"]["nodes"]), "files": files,
+               "top_nodes": [{k: n[k] for k in ("id", "token", "influence", "activation", "origin")} for n in top]}
+    if "patching" in graph:
+        summary["patching_spearman"] = graph["patching"]["spearman"]
+        summary["patching_spearman_vs_influence"] = graph["patching"]["spearman_vs_influence"]
+    return summary
+
+
+@task(name="attribution-diff", **task_options(ag.VERSION + "." + ad.VERSION, gpu=True, retries=1))
+def attribution_diff(base: ResolvedModel, graph_file: Path, sft: ResolvedModel, out_dir: str, fmt: str = "chat",
+                     system_prompt: str = "", answer_prefix: str = " Answer:", contrastive: list[str] | None = None,
+                     tau: float = 0.05, prune_mode: str = "max", method: str = "act_x_grad", max_nodes: int = 30,
+                     n_prompt_nodes: int = 8, ablate_top: int = 20, top_k: int = 10, device: str = "auto",
+                     dtype: str = "auto") -> dict:
+    """After SFT: the base graph's nodes re-attributed on the SFT model (diff.json, diff.md) and the SFT model's
+    own graph (sft/graph.*) under out_dir. The format arguments are attribute_case's: they must be the ones the
+    base graph was made with (checked, so that a node means the same position and metric on both models)."""
+    graph = ag.read_graph(graph_file)
+    given = {"format": fmt, "system_prompt": system_prompt, "answer_prefix": answer_prefix, "method": method,
+             "tau": tau, "prune_mode": prune_mode, "max_nodes": max_nodes}
+    made = {"format": graph["format"], "system_prompt": graph["system_prompt"], "answer_prefix": graph["answer_prefix"],
+            "method": graph["method"], "tau": graph["prune"]["tau"], "prune_mode": graph["prune"]["mode"],
+            "max_nodes": graph["prune"]["max_nodes"]}
+    if contrastive:
+        given["contrastive"], made["contrastive"] = list(contrastive), graph["contrastive"]
+    wrong = [f"{k}={given[k]!r} (the graph has {made[k]!r})" for k in given if given[k] != made[k]]
+    if wrong:
+        raise ReasonlabError(f"attribution diff: {graph_file} was made with other settings: {', '.join(wrong)}")
+    base_lm, base_tok = load_model(base, device, dtype)
+    sft_lm, sft_tok = load_model(sft, device, dtype)
+    diff, sft_graph = ad.attribution_diff(graph, base_lm, base_tok, sft_lm, sft_tok, top_k=top_k,
+                                          n_prompt_nodes=n_prompt_nodes, ablate_top=ablate_top)
+    files = ad.write_diff(diff, sft_graph, out_dir)
+    m, w = diff["logit_diff"], diff["top_wrong"]
+    get_run_logger().info(f"{graph['prompt']!r} after SFT: {graph['metric']} {m['base']:+.3f} -> {m['sft']:+.3f}; "
+                          f"{w['lost_abs_influence']}/{w['k']} top wrong-pushing nodes lost |influence| "
+                          f"(by {w['lost_total']:.3f}) -> {files['markdown']}")
+    return {"prompt": graph["prompt"], "logit_diff": m, "top_wrong": w, "top_right": diff["top_right"],
+            "spearman_union": diff["spearman_union"], "new_nodes": diff["new_nodes_total"], "checks": diff["checks"],
+            "files": files}
 
 
 @task(name="concept-candidates", **task_options(concepts.VERSION, gpu=True, retries=1))

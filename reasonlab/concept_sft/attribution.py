@@ -330,6 +330,52 @@ def ablation_effects(model, input_ids: torch.Tensor, nodes: list[Node], a: int, 
     return clean, deltas
 
 
+def patching_effects(model, clean_ids: torch.Tensor, counterfactual_ids: torch.Tensor, nodes: list[Node], a: int,
+                     b: int, gradients: torch.Tensor | None = None,
+                     batch_size: int = 16) -> tuple[float, list[float], list[float]]:
+    """Activation patching from a counterfactual prompt, one node at a time, with its linear prediction.
+
+    real[i]       m(clean, node i's activation replaced by its value on the counterfactual) - m(clean)
+    predicted[i]  (a_cf - a_clean) * dm/da at node i (attribution patching; `gradients` [layer, pos, d_mlp]
+                  from the clean act x grad, computed here when not given)
+    Both prompts must have the same length (a position means the same slot in each). Returns
+    (m clean, predicted, real). Batched like `ablation_effects`.
+    """
+    if counterfactual_ids.shape != clean_ids.shape:
+        raise ReasonlabError(f"the counterfactual prompt is {counterfactual_ids.shape[-1]} tokens long and the clean "
+                             f"prompt {clean_ids.shape[-1]}: patching needs the same length in the same format "
+                             "(reword the counterfactual so that each position holds the same kind of token)")
+    device = _device(model)
+    if gradients is None:
+        gradients = act_x_grad(model, clean_ids, a, b).gradients
+    with torch.no_grad():
+        with mlp_post_hooks(model) as acts:
+            model(clean_ids.to(device))
+        clean_acts = {l: x[0].detach().clone() for l, x in acts.items()}  # each [pos, d_mlp]
+        with mlp_post_hooks(model) as acts:
+            model(counterfactual_ids.to(device))
+        cf_acts = {l: x[0].detach().clone() for l, x in acts.items()}
+        predicted = [float((cf_acts[l][p, n].float() - clean_acts[l][p, n].float()).cpu() * gradients[l, p, n])
+                     for l, p, n in nodes]
+        clean = float(logit_diff(model(clean_ids.to(device)).logits, a, b)[0])
+        real: list[float] = []
+        for start in range(0, len(nodes), batch_size):
+            chunk = nodes[start:start + batch_size]
+
+            def patch(layer: int, x: torch.Tensor, chunk=chunk) -> torch.Tensor:
+                x = x.clone()
+                for row, (l, p, n) in enumerate(chunk):
+                    if l == layer:
+                        x[row, p, n] = cf_acts[l][p, n]
+                return x
+
+            batch = clean_ids.expand(len(chunk), -1).to(device)
+            with mlp_post_hooks(model, edit=patch, layers={l for l, _, _ in chunk}):
+                m = logit_diff(model(batch).logits, a, b)
+            real += [float(v) - clean for v in m]
+    return clean, predicted, real
+
+
 def rank_agreement(predicted: list[float], real: list[float]) -> float | None:
     """Spearman rank correlation between predicted and real effects (None with fewer than 3 nodes)."""
     if len(predicted) < 3:

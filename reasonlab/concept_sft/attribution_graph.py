@@ -88,8 +88,13 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
                       system_prompt: str | None = "", answer_prefix: str = " Answer:", tau: float = 0.05,
                       prune_mode: str = "max", method: str = "act_x_grad", ig_steps: int = 8, max_nodes: int = 30,
                       n_prompt_nodes: int = 8, late_layers: int | None = None, early_layers: int | None = None,
-                      ablate_top: int = 20) -> dict[str, Any]:
-    """Attribution, pruning, edges and the ablation check for one prompt, as a plain-data graph."""
+                      ablate_top: int = 20, counterfactual: str | None = None) -> dict[str, Any]:
+    """Attribution, pruning, edges and the ablation check for one prompt, as a plain-data graph.
+
+    With `counterfactual` (a prompt of the same token length in the same format, whose answer is the other
+    side of the contrast), a second check: the `patching` section patches each checked node's activation
+    from the counterfactual run into the clean one (see `attribution.patching_effects`).
+    """
     A.check_tau(tau)
     if method not in A.METHODS:
         raise ReasonlabError(f"unknown attribution method {method!r}: use one of {A.METHODS}")
@@ -102,6 +107,16 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     device = next(model.parameters()).device
     ids = A.encode_prompt(tokenizer, text, device)  # [1, pos]
     tokens = A.token_texts(tokenizer, ids)
+    cf_ids = None
+    if counterfactual is not None:
+        if not isinstance(counterfactual, str) or not counterfactual.strip():
+            raise ReasonlabError(f"the counterfactual prompt must be a non-empty string, got {counterfactual!r}")
+        cf_ids = A.encode_prompt(tokenizer, build_prompt(tokenizer, counterfactual, fmt, system_prompt, answer_prefix),
+                                 device)
+        if cf_ids.shape != ids.shape:
+            raise ReasonlabError(f"the counterfactual prompt {counterfactual!r} is {cf_ids.shape[1]} tokens long in "
+                                 f"{fmt} format and the prompt {prompt!r} is {ids.shape[1]}: activation patching needs "
+                                 "the same length (reword the counterfactual)")
 
     attr = A.attribute(model, ids, a, b, method, ig_steps)
     n_layers, n_pos, d_mlp = attr.influence.shape
@@ -128,6 +143,27 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     clean, deltas = A.ablation_effects(model, ids, checked, a, b)
     predicted = [-float(attr.influence[n]) for n in checked]
     rho = A.rank_agreement(predicted, deltas)
+    patching = None
+    if cf_ids is not None:
+        _, patch_pred, patch_real = A.patching_effects(model, ids, cf_ids, checked, a, b, gradients=attr.gradients)
+        # nodes before the first differing token see the same activations in both runs (effects exactly 0):
+        # the agreement over the nodes at or after it is reported apart, free of those ties
+        first = int((ids[0] != cf_ids[0]).nonzero()[0, 0]) if not torch.equal(ids, cf_ids) else n_pos
+        with torch.no_grad():
+            cf_metric = float(A.logit_diff(model(cf_ids).logits, a, b)[0])  # m on the counterfactual itself
+        after = [i for i, (_, p, _) in enumerate(checked) if p >= first]
+        patching = {"method": "patch one neuron at one position from the counterfactual run",
+                    "counterfactual": counterfactual, "counterfactual_tokens": A.token_texts(tokenizer, cf_ids),
+                    "counterfactual_logit_diff": cf_metric,
+                    "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": patch_pred, "real": patch_real,
+                    "spearman": A.rank_agreement(patch_pred, patch_real),
+                    "spearman_vs_influence": A.rank_agreement([float(attr.influence[n]) for n in checked],
+                                                              patch_real),
+                    "first_changed_position": first, "downstream_nodes": len(after),
+                    "spearman_downstream": A.rank_agreement([patch_pred[i] for i in after],
+                                                            [patch_real[i] for i in after]),
+                    "spearman_vs_influence_downstream": A.rank_agreement(
+                        [float(attr.influence[checked[i]]) for i in after], [patch_real[i] for i in after])}
 
     lens: dict[tuple[int, int], dict] = {}
     for layer in sorted({l for l, _, _ in nodes}):
@@ -145,7 +181,7 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     edge_rows = [{"source": node_rows[i]["id"], "target": node_rows[j]["id"], "weight": float(edges[i, j])}
                  for i in range(len(nodes)) for j in range(len(nodes)) if float(edges[i, j]) != 0.0]
     edge_rows += [{"source": r["id"], "target": LOGIT, "weight": r["influence"]} for r in node_rows]
-    return {
+    graph = {
         "version": VERSION, "prompt": prompt, "format": fmt, "system_prompt": system_prompt,
         "answer_prefix": answer_prefix, "text": text, "tokens": tokens, "contrastive": list(contrastive),
         "contrastive_ids": [a, b], "metric": f"logit({contrastive[0]!r}) - logit({contrastive[1]!r})",
@@ -159,6 +195,9 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
                      "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": predicted, "real": deltas,
                      "spearman": rho},
     }
+    if patching is not None:
+        graph["patching"] = patching
+    return graph
 
 
 # ---------------------------------------------------------------------------- persistence and pictures
@@ -251,7 +290,11 @@ def render_html(graph: dict, png: bytes) -> str:
             f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' style='max-width:100%'>"
             f"<h3>Nodes</h3>" + table(nodes, ["id", "token", "activation", "influence", "origin", "promotes"], "nodes")
             + "<h3>Edges</h3>" + table(edges, ["source", "target", "weight"], "edges")
-            + f"<h3>Ablation check</h3><p>Spearman rho = {graph['ablation']['spearman']}</p></body></html>")
+            + f"<h3>Ablation check</h3><p>Spearman rho = {graph['ablation']['spearman']}</p>"
+            + (f"<h3>Patching check</h3><p>counterfactual <code>{html.escape(graph['patching']['counterfactual'])}"
+               f"</code>: Spearman rho (real vs attribution patching) = {graph['patching']['spearman']}, "
+               f"(real vs influence) = {graph['patching']['spearman_vs_influence']}</p>" if "patching" in graph else "")
+            + "</body></html>")
 
 
 def read_graph(path: Path | str) -> dict:
