@@ -107,13 +107,16 @@ def concept_sft(
     # Stage 3 - contrastive attribution graph per target case (the first `attribution.cases`)
     graphs, candidates = [], []
     a = attribution
+    graph_args = dict(fmt=attr_fmt, system_prompt=config.system_prompt, answer_prefix=formats.answer_prefix,
+                      contrastive=a.contrastive, tau=a.tau, prune_mode=a.prune_mode, method=a.method,
+                      max_nodes=a.max_nodes, device=config.device, dtype=config.dtype)
     for case in cases[:a.cases]:
-        key = sha256_json([case["prompt"], attr_fmt, a.contrastive, a.tau, a.prune_mode, a.method, a.max_nodes])
+        key = sha256_json([case["prompt"], attr_fmt, a.contrastive, a.tau, a.prune_mode, a.method, a.max_nodes,
+                           case.get("counterfactual")])
         out_dir = run_dir / "attribution" / key[:12]
-        graphs.append(attr_stages.attribute_case(
-            base, case, str(out_dir), fmt=attr_fmt, system_prompt=config.system_prompt,
-            answer_prefix=formats.answer_prefix, contrastive=a.contrastive, tau=a.tau, prune_mode=a.prune_mode,
-            method=a.method, max_nodes=a.max_nodes, device=config.device, dtype=config.dtype))
+        # + activation patching from the row's counterfactual prompt, when it has one (beside zero-ablation)
+        graphs.append(attr_stages.attribute_case(base, case, str(out_dir), counterfactual=case.get("counterfactual"),
+                                                 **graph_args))
         # Stage 4 - concept candidates: upstream, at the prompt's tokens, not lexical; top corpus contexts
         candidates.append(attr_stages.concept_candidates(
             base, Path(graphs[-1]["files"]["json"]), str(out_dir / "candidates.json"),
@@ -159,8 +162,7 @@ def concept_sft(
             if e and e["runs"][0]["checkpoint"]:
                 diffs.append(attr_stages.attribution_diff(
                     base, Path(g["files"]["json"]), resolve_model(e["runs"][0]["checkpoint"]),
-                    str(Path(g["files"]["json"]).parent / f"after_{e['name']}"), device=config.device,
-                    dtype=config.dtype))
+                    str(Path(g["files"]["json"]).parent / f"after_{e['name']}"), **graph_args))
 
     results = {"model": base.to_dict(), "summary": summary, "skipped": skipped,
                "base_perplexity": base_eval["perplexity"],

@@ -3,8 +3,10 @@
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
     reasonlab library generate nephrology --output my_library.yaml   # LLM-written entries (REASONLAB_LLM_* env)
-    reasonlab attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR    # concept-SFT stages alone:
-    reasonlab sft --config my_sft.yaml                                          # see concept_sft/stage_cli.py
+    reasonlab filter --input data/target_prompts.json --output filtered.json   # concept-SFT stages alone:
+    reasonlab attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR    # see concept_sft/stage_cli.py
+    reasonlab sft --config my_sft.yaml
+    reasonlab evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     kept = tmp_path / "ckpt" / "case0-concept"  # the first seed's checkpoint is kept for the attribution after SFT
     assert (kept / "seed0" / "model.safetensors").is_file() and not (kept / "seed1").exists()
     [diff] = out["attribution_after_sft"]
-    assert diff["sft_metric"] != diff["base_metric"]
+    assert diff["logit_diff"]["sft"] != diff["logit_diff"]["base"] and diff["top_wrong"]["k"] >= 1
 
     forwards = models.forward_passes()
     second = run(inputs, CLEAN_TEXTS)

@@ -145,6 +145,14 @@ def score_answers(model, tokenizer, contexts: list[str], answers: list[list[str]
                            [[variant_sequences(tokenizer, a) for a in ans] for ans in answers], batch_size)
 
 
+def decode_word(tokenizer, ids: list[int]) -> str:
+    """A generated word as text, its leading space kept (sentencepiece's decode drops it: ' big', not 'big')."""
+    text = tokenizer.decode(ids)
+    if ids and token_text(tokenizer, ids[0]).startswith(" ") and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
 def word_break(tokenizer, token_id: int) -> str | None:
     """How `token_id` ends a word in progress: "space" (a new word starts), "stop" (punctuation, a line
     break or a special token: the answer is over), or None (it continues the word; - and ' do too)."""

@@ -7,6 +7,8 @@ Optional per row, for the knowledge-editing measures (CounterFact's generalisati
     paraphrases: other wordings of the same prompt (same answer), each following the same rules
     neighbours:  [{prompt, answer}] other facts whose answers must NOT change; a neighbour may not be
                  itself a prompt of the file (every row may become a target of the edit)
+    counterfactual: a prompt of the same token length that pulls the other way, for the attribution's
+                 activation-patching check (the length is checked where the prompt is tokenized)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class PromptItem:
     topic: list[str] = field(default_factory=list)  # words training texts must not mention
     paraphrases: list[str] = field(default_factory=list)  # the same fact in other words (same answer)
     neighbours: list[dict] = field(default_factory=list)  # [{prompt, answer}]: facts the edit must not move
+    counterfactual: str | None = None  # same-length prompt for activation patching in the attribution
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,10 +73,10 @@ def validate_item(row: object, where: str) -> PromptItem:
     """One row -> PromptItem, or a ReasonlabError naming the row and the rule it breaks."""
     if not isinstance(row, dict):
         raise ReasonlabError(f"{where}: expected an object with 'prompt' and 'answer', got {type(row).__name__}")
-    unknown = set(row) - {"prompt", "answer", "topic", "paraphrases", "neighbours"}
+    unknown = set(row) - {"prompt", "answer", "topic", "paraphrases", "neighbours", "counterfactual"}
     if unknown:
         raise ReasonlabError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: prompt, answer, topic, "
-                             "paraphrases, neighbours")
+                             "paraphrases, neighbours, counterfactual")
     prompt = check_prompt(row.get("prompt"), where)
     answer = check_answer(row.get("answer"), where)
     topic = row.get("topic", [])
@@ -103,8 +106,13 @@ def validate_item(row: object, where: str) -> PromptItem:
             raise ReasonlabError(f"{at}: {n_prompt!r} is the prompt or one of its paraphrases, so its answer "
                                  "is meant to change: a neighbour is another fact")
         checked.append({"prompt": n_prompt, "answer": check_answer(n.get("answer"), at)})
+    counterfactual = row.get("counterfactual")
+    if counterfactual is not None:
+        counterfactual = check_prompt(counterfactual, f"{where} counterfactual")
+        if normalized(counterfactual) in seen:
+            raise ReasonlabError(f"{where} counterfactual: {counterfactual!r} is the prompt or a paraphrase")
     return PromptItem(prompt=prompt, answer=answer, topic=[t.strip() for t in topic],
-                      paraphrases=[p.strip() for p in paraphrases], neighbours=checked)
+                      paraphrases=[p.strip() for p in paraphrases], neighbours=checked, counterfactual=counterfactual)
 
 
 def check_neighbours_are_not_targets(items: list[PromptItem], where: str) -> None:

@@ -1,8 +1,10 @@
 """The concept-SFT stages as standalone commands (the seed's scripts), beside the flow:
 
+    reasonlab filter --input data/target_prompts.json --output filtered_prompts.json [--model M]
     reasonlab attribute "The primary hormone regulating blood pressure is" --contrastive " Ald" " Ren" \\
         --answer-prefix " Answer:" --output outputs/ald [--counterfactual "..."] [--compare-model CHECKPOINT]
     reasonlab sft --config my_sft.yaml [--output checkpoints/ald-sft]
+    reasonlab evaluate --model checkpoints/ald-sft --prompts filtered_prompts.json [--base smollm2-135m-instruct]
 
 One `add_<command>` (its arguments) and one `run_<command>` (its work) per command; `add_commands` registers
 them all on the `reasonlab` parser and `COMMANDS` maps each name to its handler. Handlers raise
@@ -136,10 +138,130 @@ def run_sft_command(args: argparse.Namespace) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------------------- filter
+
+
+def add_filter(sub) -> None:
+    p = sub.add_parser("filter", help="keep the prompts the model gets clearly wrong (the seed's filter script)")
+    p.add_argument("--input", required=True, help="prompts file: {prompt, answer, topic, paraphrases, neighbours} rows")
+    p.add_argument("--output", required=True, help="filtered_prompts.json: target_cases and rejected, with reasons")
+    p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")
+    p.add_argument("--format", default="completion", choices=["completion", "chat"])
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--max-rank", type=int, default=5)
+    p.add_argument("--answer-prefix", default=" Answer:")
+    p.add_argument("--system-prompt", default="")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+
+
+def run_filter(args: argparse.Namespace) -> dict:
+    from reasonlab.concept_sft.prompts import load_prompts
+    from reasonlab.concept_sft.topk_filter import filter_prompts
+    from reasonlab.io import write_json
+    from reasonlab.models import DEFAULT_MODEL, load_model, resolve_model
+    from reasonlab.prompt_format import require_formats
+
+    if args.top_k < 1 or not 2 <= args.max_rank <= args.top_k or args.batch_size < 1:
+        raise ReasonlabError(f"need --top-k >= 1, 2 <= --max-rank <= --top-k and --batch-size >= 1, got "
+                             f"{args.top_k}, {args.max_rank}, {args.batch_size}")
+    items = load_prompts(args.input)
+    resolved = resolve_model(args.model or DEFAULT_MODEL)
+    model, tokenizer = load_model(resolved, args.device, args.dtype)
+    require_formats(tokenizer, [args.format], resolved.name)
+    result = filter_prompts(model, tokenizer, items, k=args.top_k, max_rank=args.max_rank, fmt=args.format,
+                            system_prompt=args.system_prompt, answer_prefix=args.answer_prefix,
+                            batch_size=args.batch_size)
+    out = write_json(args.output, {"model": resolved.to_dict(), **result})
+    for c in result["target_cases"]:
+        print(f"target  {c['prompt']!r}: {c['wrong_word'].strip()!r} {c['p_wrong']:.1%} > {c['answer']!r} "
+              f"{c['p_correct']:.1%} (rank {c['correct_rank']})")
+    print(f"{len(result['target_cases'])} of {len(items)} prompts are target cases; wrote {out}")
+    return result
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a model on target cases, paraphrases and neighbours")
+    p.add_argument("--model", required=True, help="the model to score (an SFT checkpoint, a name, a Hub id)")
+    p.add_argument("--prompts", required=True, help="the filter's output (its target_cases carry the wrong answer)")
+    p.add_argument("--base", default=None, help="also score this model and report the edit measures against it")
+    p.add_argument("--formats", nargs="+", default=["completion"], choices=["completion", "chat"])
+    p.add_argument("--output", default=None, help="JSON file (default: <prompts stem>.eval.json beside --prompts)")
+    p.add_argument("--heldout", default="data/heldout_text.txt", help="general text for the perplexity")
+    p.add_argument("--neighbour-tolerance", type=float, default=2.0)
+    p.add_argument("--answer-prefix", default=" Answer:")
+    p.add_argument("--system-prompt", default="")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+
+
+def load_target_cases(path: str) -> list[dict]:
+    from reasonlab.io import read_structured
+
+    if not Path(path).is_file():
+        raise ReasonlabError(f"prompts file {path} not found")
+    data = read_structured(path)
+    cases = data.get("target_cases") if isinstance(data, dict) else None
+    if not cases or not all(isinstance(c, dict) and c.get("wrong_word") for c in cases):
+        raise ReasonlabError(f"{path} holds no target cases with a wrong answer: run `reasonlab filter --input "
+                             "PROMPTS --output F` and evaluate F")
+    return cases
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from reasonlab import paths
+    from reasonlab.concept_sft import edit_metrics as M
+    from reasonlab.concept_sft.evaluate import evaluate_cases, load_heldout, perplexity
+    from reasonlab.io import write_json, write_text
+    from reasonlab.models import load_model, resolve_model
+    from reasonlab.prompt_format import require_formats
+
+    if args.neighbour_tolerance <= 1:
+        raise ReasonlabError(f"--neighbour-tolerance must be > 1 (a factor), got {args.neighbour_tolerance}")
+    cases = load_target_cases(args.prompts)
+    heldout = load_heldout(paths.find_input(args.heldout))
+    models = {"model": resolve_model(args.model)} | ({"base": resolve_model(args.base)} if args.base else {})
+    scored = {}
+    for role, resolved in models.items():
+        model, tokenizer = load_model(resolved, args.device, args.dtype)
+        require_formats(tokenizer, args.formats, resolved.name)
+        scored[role] = {"model": resolved.to_dict(),
+                        "rows": evaluate_cases(model, tokenizer, cases, args.formats, k=args.top_k,
+                                               system_prompt=args.system_prompt, answer_prefix=args.answer_prefix),
+                        "perplexity": perplexity(model, tokenizer, heldout)}
+    result = dict(scored)
+    if args.base:
+        of = lambda rows, c, f: [r for r in rows if r["case"] == c["prompt"] and r["format"] == f]  # noqa: E731
+        result["figures"] = [M.aggregate([{**M.case_figures(of(scored["base"]["rows"], c, f),
+                                                            of(scored["model"]["rows"], c, f),
+                                                            args.neighbour_tolerance),
+                                           "ppl_change": M.ppl_change(scored["base"]["perplexity"],
+                                                                      scored["model"]["perplexity"])}])
+                             for c in cases for f in args.formats]
+    out = Path(args.output or Path(args.prompts).with_suffix(".eval.json"))
+    write_json(out, result)
+    for r in scored["model"]["rows"]:
+        wrong = "" if r["p_wrong"] is None else f"  p({r['wrong_word'].strip()})={r['p_wrong']:.2%}"
+        print(f"{r['kind']:10} {r['format']:10} {r['text'][:60]!r}: p({r['answer']})={r['p_correct']:.2%}{wrong}"
+              f"  top-1 {r['top1']!r}")
+    print(f"held-out perplexity {scored['model']['perplexity']:.2f}"
+          + (f" (base {scored['base']['perplexity']:.2f})" if args.base else ""))
+    if args.base:
+        write_text(out.with_suffix(".md"), M.results_markdown(result["figures"]))
+        print(M.results_markdown(result["figures"]))
+    print(f"wrote {out}")
+    return result
+
+
 # ---------------------------------------------------------------------------- registration
 
-COMMANDS = {"attribute": run_attribute, "sft": run_sft_command}
-ADDERS = (add_attribute, add_sft)
+COMMANDS = {"filter": run_filter, "attribute": run_attribute, "sft": run_sft_command, "evaluate": run_evaluate}
+ADDERS = (add_filter, add_attribute, add_sft, add_evaluate)
 
 
 def add_commands(sub) -> None:

@@ -82,6 +82,7 @@ def classify(item: PromptItem, topk: list[TokenProb], correct_ids: set[int], spe
     """
     base = {"prompt": item.prompt, "answer": item.answer, "topic": item.topic,
             "paraphrases": list(item.paraphrases), "neighbours": [dict(n) for n in item.neighbours],
+            **({"counterfactual": item.counterfactual} if item.counterfactual else {}),
             "top_k": [asdict(t) for t in topk]}
     reason = why_not_clearly_wrong(topk[0], item.answer, correct_ids, special_ids)
     rank = next((r for r, t in enumerate(topk, start=1) if starts_answer(t, item.answer, correct_ids)), None)
@@ -146,7 +147,7 @@ def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, ma
     contexts = [texts[i] for i in live]
     correct = AP.score_answers(model, tokenizer, contexts, [[items[i].answer] for i in live], batch_size)
     words = AP.greedy_words(model, tokenizer, contexts, [len(items[i].answer.split()) for i in live], batch_size)
-    wrong_words = [tokenizer.decode(ids) for ids in words]
+    wrong_words = [AP.decode_word(tokenizer, ids) for ids in words]
     wrong = AP.score_sequences(model, tokenizer, contexts,
                                [[AP.word_sequences(tokenizer, w, ids)] for w, ids in zip(wrong_words, words)],
                                batch_size)
