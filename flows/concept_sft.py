@@ -1,7 +1,9 @@
-"""The concept-SFT pipeline (the main job): filter -> attribution -> concept choice -> leak check -> SFT -> evaluate.
+"""The concept-SFT pipeline (the main job), measured like a knowledge edit: filter -> attribution -> concept
+choice -> leak check -> per target case x text set x seed: SFT + evaluation -> attribution after SFT.
 
-    python -m flows.concept_sft                                  # defaults: SmolLM2, the seed's 3 prompts
-    python -m flows.concept_sft --prompts data/target_prompts.json --sft-config configs/concept_sft_default.yaml
+    python -m flows.concept_sft                                  # defaults: SmolLM2, the seed's 3 prompts, 3 seeds
+    python -m flows.concept_sft --text-sets concept unrelated direct     # + the two controls, same budget
+    python -m flows.concept_sft --model gemma-3-270m --no-use-chat-template --eval-formats completion
     python -m flows.concept_sft --interactive        # pauses after stage 4 for the researcher's choice (UI form)
 
 Every stage is a cached task: a rerun with the same inputs and weights skips all of them.
@@ -59,8 +61,10 @@ def concept_sft(
     """Find prompts the model gets clearly wrong, train the intermediate concept, measure the shift.
 
     Args:
-        prompts: JSON/YAML file of {prompt, answer, topic} rows.
-        sft_config: YAML SFT config (the seed's fields: texts, epochs, learning_rate, ...; `lora:` optional).
+        prompts: JSON/YAML file of {prompt, answer, topic, paraphrases, neighbours, counterfactual} rows
+            (reasonlab/concept_sft/prompts.py).
+        sft_config: YAML SFT config (the seed's fields: epochs, learning_rate, ...; `lora:` optional; `texts:` the
+            fallback for a case the text-set file lacks).
         model: registry name, local folder, Hub id, or block:NAME (a reasonlab-model block); overrides
             the config's model_name (the default).
         use_chat_template: overrides the config's use_chat_template (SFT texts under the chat template);

@@ -12,7 +12,8 @@ A sweep runs one deployment once per (model x parameter set) and compares the ru
       - {name: top5, filter: {top_k: 5}}      # a parameter group merges field by field with the base's
 
 `flows/sweep.py` fans the children out and waits; `metrics_from_artifacts` reads each child's numbers from
-its own artifacts (concept-sft: p(correct) before/after SFT; activation-baseline: pass rate with its 95 %
+its own artifacts (concept-sft: p(correct) before/after SFT, efficacy, paraphrases, neighbourhood, perplexity change;
+activation-baseline: pass rate with its 95 %
 CI, error types, mean completion length), and `comparison_rows` and `plot_comparison` turn them into the
 one table + plot the sweep publishes.
 """
@@ -111,15 +112,28 @@ def _mean(values: list[float]) -> float | None:
 
 
 def child_metrics(filter_table: list[dict] | None, results_table: list[dict] | None) -> dict[str, Any]:
-    """The concept-SFT numbers of one child, from its `concept-sft-filter` / `concept-sft-results` tables."""
+    """The concept-SFT numbers of one child, from its `concept-sft-filter` / `concept-sft-results` tables: means
+    over its result rows (case x text set x format, each already a mean over seeds) of the editing measures."""
     rows = results_table or []
+    mean = lambda key: _mean([r[key] for r in rows if r.get(key) is not None])  # noqa: E731
     return {
         "target_cases": None if filter_table is None else sum(r.get("kept") == "yes" for r in filter_table),
-        "base_p_correct": _mean([r["base_p_correct"] for r in rows]),
-        "sft_p_correct": _mean([r["sft_p_correct"] for r in rows]),
-        "correct_gain": _mean([r["correct_gain"] for r in rows]),
-        "flipped": sum(bool(r.get("flipped")) for r in rows) if rows else None,
+        "base_p_correct": mean("base_p_correct"), "sft_p_correct": mean("p_correct"),
+        "correct_gain": mean("correct_gain"), "efficacy": mean("efficacy"), "paraphrase": mean("paraphrase"),
+        "neighbourhood": mean("neighbourhood"), "ppl_change": mean("ppl_change"),
     }
+
+
+def tradeoff(rows: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """(the children on the efficacy / neighbourhood-damage Pareto front, the best of them): best = the largest
+    efficacy - damage, ties to the larger p(correct) gain. Children without both figures are left out."""
+    pts = [r for r in rows if r.get("efficacy") is not None and r.get("neighbourhood") is not None]
+    front = [r for r in pts if not any(o["efficacy"] >= r["efficacy"] and o["neighbourhood"] >= r["neighbourhood"]
+                                       and (o["efficacy"], o["neighbourhood"]) != (r["efficacy"], r["neighbourhood"])
+                                       for o in pts)]
+    best = max(front, key=lambda r: (r["efficacy"] - (1 - r["neighbourhood"]), r.get("correct_gain") or 0.0),
+               default=None)
+    return [r["child"] for r in front], best["child"] if best else None
 
 
 def baseline_metrics(summary_table: list[dict] | None, errors_table: list[dict] | None) -> dict[str, Any]:
@@ -157,7 +171,8 @@ def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-CONCEPT_COLUMNS = ["target_cases", "base_p_correct", "sft_p_correct", "correct_gain", "flipped"]
+CONCEPT_COLUMNS = ["target_cases", "base_p_correct", "sft_p_correct", "correct_gain", "efficacy", "paraphrase",
+                   "neighbourhood", "ppl_change"]
 BASELINE_COLUMNS = ["variant", "problems", "passed", "pass_rate", "pass_rate_ci95_low", "pass_rate_ci95_high",
                     "mean_completion_tokens", "hit_token_limit", "hit_time_limit", "error_types"]
 
@@ -177,14 +192,19 @@ def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None)
     cols = ["child", "state", "duration_s", "tasks_cached", "tasks", *metric_columns(rows)]
     lines = [f"# Sweep `{name}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    if not _is_baseline(rows):
+        front, best = tradeoff(rows)
+        lines += ["", f"Efficacy vs neighbourhood damage, Pareto front: {', '.join(front) or '—'}; "
+                      f"best trade-off (efficacy - damage): {best or '—'}"]
     if png is not None:
         lines += ["", image_markdown(png, "sweep comparison"), "", f"Plot file: `{png}`"]
     return "\n".join(lines) + "\n"
 
 
 def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> Path:
-    """Grouped bars per child: mean p(correct) before and after SFT (target cases; none: an empty slot);
-    for activation-baseline children: the pass rate with its 95 % CI as an error bar."""
+    """Concept SFT: grouped bars per child (mean p(correct) before and after SFT; none: an empty slot) beside
+    the trade-off scatter, efficacy against neighbourhood damage (Pareto front green, the best pink);
+    activation-baseline children: the pass rate with its 95 % CI as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,17 +217,33 @@ def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> 
     base = [r.get("base_p_correct") or 0.0 for r in rows]
     tuned = [r.get("sft_p_correct") or 0.0 for r in rows]
     xs = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 3.6), dpi=100)
+    fig, (ax, trade) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(rows) + 6.0), 4.2), dpi=100,
+                                    gridspec_kw={"width_ratios": [max(1.0, len(rows) / 4), 1.0]})
     ax.bar([x - 0.2 for x in xs], base, width=0.4, label="base p(correct)", color="#8da0cb")
     ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="SFT p(correct)", color="#66c2a5")
     for x, r in zip(xs, rows):
         note = "no target cases" if r.get("target_cases") == 0 else r["state"] if r["state"] != "Completed" else None
         if note:
             ax.text(x, 0.002, note, ha="center", va="bottom", fontsize=8, rotation=90)
-    ax.set_xticks(list(xs), labels, rotation=15, ha="right", fontsize=8)
-    ax.set_ylabel("mean p(correct answer)")
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mean p(correct answer), whole answer")
     ax.set_title(f"sweep {name}: base vs SFT", fontsize=10)
     ax.legend(fontsize=8)
+    # the editing trade-off: efficacy up, neighbourhood damage (1 - preservation) down
+    front, best = tradeoff(rows)
+    for r in rows:
+        if r.get("efficacy") is None or r.get("neighbourhood") is None:
+            continue
+        x, y = 1 - r["neighbourhood"], r["efficacy"]
+        trade.scatter([x], [y], s=40, color="#e78ac3" if r["child"] == best else "#66c2a5" if r["child"] in front
+                      else "#b3b3b3", zorder=3)
+        trade.annotate(r["child"].split(" | ", 1)[-1], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    trade.set_xlim(-0.05, 1.05)
+    trade.set_ylim(-0.05, 1.05)
+    trade.set_xlabel("neighbourhood damage (share of neighbours moved)")
+    trade.set_ylabel("efficacy (share of seeds: p(correct) > p(wrong))")
+    trade.set_title("trade-off" + (f" (best: {best.split(' | ', 1)[-1]})" if best else ""), fontsize=9)
+    trade.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")

@@ -58,7 +58,10 @@ def test_bad_sweeps_name_the_field(data, message):
 
 def test_comparison_table_and_plot(tmp_path):
     filt = [{"kept": "yes"}, {"kept": "no: answer is top-1"}]
-    res = [{"base_p_correct": 0.1, "sft_p_correct": 0.5, "correct_gain": 0.4, "flipped": True}]
+    res = [{"base_p_correct": 0.1, "p_correct": 0.5, "correct_gain": 0.4, "efficacy": 1.0, "paraphrase": 0.5,
+            "neighbourhood": 0.8, "ppl_change": 0.01},
+           {"base_p_correct": 0.1, "p_correct": 0.3, "correct_gain": 0.2, "efficacy": 0.0, "paraphrase": None,
+            "neighbourhood": 1.0, "ppl_change": 0.03}]
     children = [
         {"label": "m1 | d", "model": "m1", "set": "d", "state": "Completed", "flow_run_name": "r1", "duration_s": 3.0,
          "task_states": {"a-0": "Cached", "b-0": "Completed"}, "metrics": child_metrics(filt, res)},
@@ -66,14 +69,28 @@ def test_comparison_table_and_plot(tmp_path):
          "task_states": {"a-0": "Cached"}, "metrics": child_metrics([{"kept": "no: x"}], None)},
     ]
     rows = comparison_rows(children)
-    assert rows[0]["target_cases"] == 1 and rows[0]["correct_gain"] == pytest.approx(0.4)
+    assert rows[0]["target_cases"] == 1 and rows[0]["correct_gain"] == pytest.approx(0.3)
+    assert (rows[0]["efficacy"], rows[0]["paraphrase"], rows[0]["neighbourhood"]) == (0.5, 0.5, pytest.approx(0.9))
     assert (rows[0]["tasks"], rows[0]["tasks_cached"]) == (2, 1)
     assert rows[1]["target_cases"] == 0 and rows[1]["sft_p_correct"] is None
     png = plot_comparison("demo", rows, tmp_path / "out" / "c.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and not list((tmp_path / "out").glob(".*"))
     md = comparison_markdown("demo", rows, png)
-    assert "| m1 \\| d | Completed | 3.0000 | 1 | 2 | 1 | 0.1000 | 0.5000 | 0.4000 | 1 |" in md
-    assert "| m2 \\| d | Completed | 1.0000 | 1 | 1 | 0 | — | — | — | — |" in md
+    assert ("| m1 \\| d | Completed | 3.0000 | 1 | 2 | 1 | 0.1000 | 0.4000 | 0.3000 | 0.5000 | 0.5000 | 0.9000 "
+            "| 0.0200 |") in md
+    assert "| m2 \\| d | Completed | 1.0000 | 1 | 1 | 0 | — | — | — | — | — | — | — |" in md
+    assert "Pareto front: m1 | d; best trade-off (efficacy - damage): m1 | d" in md
+
+
+def test_tradeoff_front_and_best():
+    from flows.sweep_spec import tradeoff
+
+    rows = [{"child": "a", "efficacy": 1.0, "neighbourhood": 0.4, "correct_gain": .3},   # on the front
+            {"child": "b", "efficacy": 0.67, "neighbourhood": 1.0, "correct_gain": .1},  # best: 0.67 - 0 > 1 - 0.6
+            {"child": "c", "efficacy": 0.33, "neighbourhood": 0.8, "correct_gain": .2},  # dominated by b
+            {"child": "d", "efficacy": None, "neighbourhood": None}]
+    assert tradeoff(rows) == (["a", "b"], "b")
+    assert tradeoff(rows[3:]) == ([], None)
 
 
 def test_model_refs_resolve_names_folders_and_blocks(stories_path):
