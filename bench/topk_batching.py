@@ -2,25 +2,27 @@
 the batched filter is from the machine's forward-FLOP bound.
 
     python bench/topk_batching.py [--model smollm2-135m-instruct] [--prompts data/factual_prompts.json]
-                                  [--batch-size 32] [--repeats 3] [--fmt completion|chat] [--score-answers]
+                                  [--batch-size 32] [--repeats 3] [--fmt completion|chat]
 
-One run, side by side: `filter_prompts(..., batch_size=B)` and `filter_prompts(..., batch_size=1)`, each the best
-wall time of `--repeats` calls, as prompts/s.
+One run, side by side: `filter_prompts(..., batch_size=B)` (length-sorted batches) and
+`filter_prompts(..., batch_size=1)` (the per-prompt loop), each the best wall time of `--repeats` calls, as
+prompts/s. The filter's work: one pass over every prompt (its next-token top-k), then, for the prompts that
+survive the first-token checks, their whole answers, a greedy wrong word and its whole probability.
 
-Forward-FLOP bound. The forward FLOPs the filter needs are counted from the real (unpadded) token lengths of
-the texts it feeds the model (the prompt in its format: plain completion, or under the chat template):
+Forward-FLOP bound. The forward passes of the batched run are recorded (a forward pre-hook: each row's real
+length from the attention mask, the positions sent through the LM head), and the FLOPs they need counted
+without padding:
 
     F = 2 * N * T  +  2 * n_layers * d_attn * sum_i L_i * (L_i + 1)  +  2 * d_model * V * P
 
     N      non-embedding parameters (all parameters minus the input embedding, and minus an untied LM head,
            which the last term counts)
-    L_i    token length of text i (prompt in its format; with --score-answers, plus the answer's tokens)
-    T      sum_i L_i, the tokens actually processed
+    L_i    real token length of forwarded sequence i (every pass: first pass, answers, greedy steps)
+    T      sum_i L_i, the tokens actually needed
     d_attn n_heads * head_dim; the middle term is causal attention (QK^T and AV: 2 * 2 * d_attn FLOPs per
            query-key pair, sum over positions j of j keys = L(L+1)/2)
     V      vocabulary size
-    P      scored positions: 1 per prompt (the next token), or with --score-answers the answer's tokens
-           (chain-rule scoring of the whole answer)
+    P      positions through the LM head (`logits_to_keep`: 1 per next-token read, the answer's positions)
 
 The machine's sustained FLOP/s is measured in the same run: torch.matmul in the model's dtype, on its device,
 with torch's current thread count, over the model's own weight shapes (attention projections, MLP, LM head)
@@ -28,8 +30,8 @@ at M = batch_size * mean length rows. bound (prompts/s) = FLOP/s / (F / prompts)
 batched prompts/s / bound. Norms, rotary embeddings, softmax and the top-k are not counted, so the bound
 is a little optimistic.
 
-Padding waste = padded tokens / real tokens of the batches (each batch padded to its longest text), for
-batches taken in input order and for batches of the length-sorted texts.
+Padding waste = padded tokens / real tokens: as run (the filter's length-sorted batches, recorded) and, for
+comparison, what the first pass would pad with batches taken in input order.
 
 Ends with: same_decisions=, prompts_per_s_batched=, prompts_per_s_loop=, speedup=.
 """
@@ -47,6 +49,28 @@ from reasonlab.models import load_model, resolve_model
 from reasonlab.paths import project_root
 from reasonlab.prompt_format import build_prompt
 from timing import timed
+
+
+class ForwardLog:
+    """Records every forward pass of `model`: each row's real length and the LM-head positions."""
+
+    def __init__(self, model):
+        self.lengths: list[int] = []
+        self.padded = 0
+        self.head_positions = 0
+        self.handle = model.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows, width = ids.shape
+        self.lengths += mask.sum(-1).tolist() if mask is not None else [width] * rows
+        self.padded += rows * width
+        keep = kwargs.get("logits_to_keep")
+        self.head_positions += (keep.numel() if hasattr(keep, "numel") else rows * (keep or width))
+
+    def close(self) -> None:
+        self.handle.remove()
 
 
 def padded_tokens(lengths: list[int], batch_size: int) -> int:
@@ -124,34 +148,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fmt", choices=["completion", "chat"], default="completion")
-    parser.add_argument("--score-answers", action="store_true",
-                        help="count the answer's tokens as processed and scored (chain-rule answer scoring)")
     args = parser.parse_args()
 
     model, tokenizer = load_model(resolve_model(args.model))
     items = load_prompts(args.prompts)
     texts = [build_prompt(tokenizer, it.prompt, args.fmt) for it in items]
-    lengths = [len(tokenizer.encode(t)) for t in texts]
-    scored = len(items)
-    if args.score_answers:
-        answer_lengths = [len(tokenizer.encode(" " + it.answer, add_special_tokens=False)) for it in items]
-        lengths = [n + a for n, a in zip(lengths, answer_lengths)]
-        scored = sum(answer_lengths)
-    real = sum(lengths)
-    pad_input = padded_tokens(lengths, args.batch_size)
-    pad_sorted = padded_tokens(sorted(lengths), args.batch_size)
-
-    dims = model_dims(model)
-    flops = forward_flops(dims, lengths, scored)
-    rows = max(1, round(args.batch_size * real / len(lengths)))
-    flop_s = matmul_flops_per_s(dims, rows, next(model.parameters()).dtype, model.device)
-    bound = flop_s / (flops / len(items))
+    first_pass = [len(tokenizer.encode(t)) for t in texts]
+    pad_input = padded_tokens(first_pass, args.batch_size)
 
     run = lambda bs: filter_prompts(model, tokenizer, items, fmt=args.fmt, batch_size=bs)  # noqa: E731
     filter_prompts(model, tokenizer, items[:2], fmt=args.fmt, batch_size=2)  # warm-up
+    log = ForwardLog(model)
+    run(args.batch_size)  # one recorded batched run: the work the filter needs, and its padding
+    log.close()
     batched_s, batched = timed(lambda: run(args.batch_size), args.repeats)
     loop_s, loop = timed(lambda: run(1), args.repeats)
     diff = max_prob_diff(batched, loop)
+
+    lengths, real = log.lengths, sum(log.lengths)
+    dims = model_dims(model)
+    flops = forward_flops(dims, lengths, log.head_positions)
+    rows = max(1, round(args.batch_size * real / len(lengths)))
+    flop_s = matmul_flops_per_s(dims, rows, next(model.parameters()).dtype, model.device)
+    bound = flop_s / (flops / len(items))
+    survivors = sum("wrong_word" in r for r in batched["target_cases"] + batched["rejected"])
 
     print(f"model={args.model}")
     print(f"device={model.device}")
@@ -162,14 +182,14 @@ def main() -> None:
     print(f"batch_size={args.batch_size}")
     print(f"repeats={args.repeats}")
     print(f"target_cases={len(batched['target_cases'])}")
-    print(f"tokens_min={min(lengths)}")
-    print(f"tokens_mean={real / len(lengths):.1f}")
-    print(f"tokens_max={max(lengths)}")
+    print(f"whole_answer_step_prompts={survivors}")
+    print(f"forward_sequences={len(lengths)}")
+    print(f"prompt_tokens_mean={sum(first_pass) / len(first_pass):.1f}")
     print(f"tokens_real={real}")
-    print(f"tokens_padded_input_order={pad_input}")
-    print(f"tokens_padded_sorted={pad_sorted}")
-    print(f"pad_waste_input_order={pad_input / real:.3f}")
-    print(f"pad_waste_sorted={pad_sorted / real:.3f}")
+    print(f"tokens_padded_as_run={log.padded}")
+    print(f"lm_head_positions={log.head_positions}")
+    print(f"pad_waste_sorted={log.padded / real:.3f}")
+    print(f"pad_waste_input_order={pad_input / sum(first_pass):.3f}")
     print(f"non_embedding_params={dims['non_embedding']}")
     print(f"forward_gflop={flops / 1e9:.2f}")
     print(f"matmul_rows={rows}")

@@ -148,11 +148,14 @@ def concept_sft(
     base_eval = stages.evaluate_model(base, cases, formats.evaluation, str(run_dir / "eval_base.json"), heldout,
                                       system_prompt=config.system_prompt, device=config.device, dtype=config.dtype,
                                       **eval_args)
-    sft_dir = Path(config.output_dir) if config.output_dir else run_dir / "sft"
+    # an experiment's folder is named by what it trains, so other runs (more text sets, more seeds) reuse it
+    sft_dir = Path(config.output_dir) if config.output_dir else paths.runs_dir() / "concept_sft" / "sft"
     for e in experiments:
+        trained = config.model_copy(update={"texts": e["texts"], "output_dir": None})
+        folder = sft_dir / f"{e['name']}-{sha256_json([base.fingerprint, trained.model_dump(), e['cases']])[:12]}"
         e["runs"] = [stages.sft_experiment(
-            base, config.model_copy(update={"texts": e["texts"], "seed": seed}).model_dump(), e["cases"],
-            formats.evaluation, str(sft_dir / e["name"] / f"seed{seed}"), heldout,
+            base, trained.model_copy(update={"seed": seed}).model_dump(), e["cases"],
+            formats.evaluation, str(folder / f"seed{seed}"), heldout,
             keep_checkpoint=seed == 0 and e["text_set"] == "concept" and experiment.attribution_after,
             **eval_args) for seed in range(experiment.seeds)]
     summary = summarize(base_eval, experiments, experiment.neighbour_tolerance)

@@ -38,7 +38,7 @@ def job(tmp_path, stories_chat):
     corpus.write_text("Lily went to the park.\n\nTom had a red ball and a big dog.\n\nThe cat sat on the mat.")
     return dict(prompts=str(prompts), sft_config=str(config), filter={"max_rank": 10},
                 formats={"evaluation": ["completion"], "attribution": "completion"}, attribution={"max_nodes": 8},
-                concept={"corpus": str(corpus)})
+                concept={"corpus": str(corpus)}, experiment={"seeds": 1, "attribution_after": False})
 
 
 def test_unattended_run_attributes_publishes_and_takes_the_concept_from_parameters(job):
@@ -47,12 +47,16 @@ def test_unattended_run_attributes_publishes_and_takes_the_concept_from_paramete
     if out["target_cases"] == 0:
         pytest.fail("stories260K should give a target case for these prompts")
     [graph] = out["attribution"]
-    assert out["concept"] == "playing outside" and out["concept_source"] == "parameters"
+    [exp] = out["experiments"]
+    assert exp["concept"] == "playing outside" and exp["neuron"] is None  # a concept named, no neuron chosen
     saved = json.loads(Path(graph["files"]["json"]).read_text())
     assert saved["format"] == "completion" and saved["prune"]["max_nodes"] == 8 and saved["nodes"]
     assert Path(graph["files"]["png"]).is_file() and Path(graph["files"]["html"]).is_file()
     candidates = json.loads((Path(graph["files"]["json"]).parent / "candidates.json").read_text())
-    assert out["concept_neuron"] == (candidates["candidates"][0]["id"] if candidates["candidates"] else None)
+    assert candidates["candidates"]  # candidates were found, and none was recorded as chosen
+    chosen = concept_sft(**merge_parameters(job, {"concept": {"name": "playing outside",
+                                                              "neuron": candidates["candidates"][0]["id"]}}))
+    assert chosen["experiments"][0]["neuron"] == candidates["candidates"][0]["id"]  # chosen by a parameter
     names, artifacts = flow_run_summary(state.state_details.flow_run_id)
     assert {"concept-sft-attribution", "concept-sft-candidates", "concept-sft-attribution-report"} <= artifacts
     assert {n.rsplit("-", 1)[0] for n in names} >= {"attribution", "concept-candidates"}
@@ -85,15 +89,17 @@ def test_interactive_run_pauses_for_the_researcher_and_resumes_with_input(job, t
         assert "Choose the intermediate concept" in description and "graph.png" in description
         assert {"concept", "neuron", "texts"} <= set(schema["properties"])
         assert schema["properties"]["texts"]["default"] == TEXTS  # the form is prefilled with the config's texts
+        assert schema["properties"]["neuron"].get("default") is None  # no neuron suggested as if chosen
         resume_flow_run(run.id, run_input={"concept": "balls and parks", "neuron": "L3/N7@2",
                                            "texts": RESEARCHER_TEXTS})
     finally:
         runner.join(timeout=600)
     out = box["state"].result()
-    assert out["concept"] == "balls and parks" and out["concept_source"] == "researcher"
-    assert out["concept_neuron"] == "L3/N7@2"
+    [exp] = out["experiments"]
+    assert (exp["concept"], exp["neuron"], exp["texts"]) == ("balls and parks", "L3/N7@2", RESEARCHER_TEXTS)
     results = json.loads((Path(out["run_dir"]) / "results.json").read_text())
-    assert results["concept"] == "balls and parks" and len(results["train_losses"]) == 1  # one text, one step
+    [seed] = results["experiments"][0]["seeds"]
+    assert len(seed["losses"]) == 1  # one text, one step
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).state.type == StateType.COMPLETED
 

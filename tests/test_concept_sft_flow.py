@@ -71,7 +71,7 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     assert exp["neuron"] is None and exp["concept"] == "little things"  # no neuron was chosen: none recorded
     results = json.loads((tmp_path.parent / out["run_dir"] / "results.json").read_text())
     assert results["summary"] == out["summary"] and results["base_perplexity"] > 1
-    kept = tmp_path / "ckpt" / "case0-concept"  # the first seed's checkpoint is kept for the attribution after SFT
+    [kept] = (tmp_path / "ckpt").glob("case0-concept-*")  # the first seed's checkpoint, for the attribution after SFT
     assert (kept / "seed0" / "model.safetensors").is_file() and not (kept / "seed1").exists()
     [diff] = out["attribution_after_sft"]
     assert diff["logit_diff"]["sft"] != diff["logit_diff"]["base"] and diff["top_wrong"]["k"] >= 1

@@ -135,3 +135,4 @@ def test_seeds_aggregate_to_mean_and_sd_and_a_shift_inside_the_spread_is_not_a_r
     (1.0, None, "flipped (no paraphrases to tell learned from memorised)")])
 def test_verdict(efficacy, paraphrase, expected):
     assert verdict(efficacy, paraphrase) == expected
+    assert verdict(efficacy, paraphrase, base_efficacy=1.0) == "already right before SFT (in this format)"

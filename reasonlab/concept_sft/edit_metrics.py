@@ -68,8 +68,10 @@ def beyond_spread(values: list[float]) -> bool | None:
     return bool(abs(mean) > t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
 
 
-def verdict(efficacy: float | None, paraphrase: float | None) -> str:
+def verdict(efficacy: float | None, paraphrase: float | None, base_efficacy: float = 0.0) -> str:
     """learned: flips on its prompt and on most paraphrases; memorised: on its own wording only."""
+    if base_efficacy >= 0.5:
+        return "already right before SFT (in this format)"
     if not efficacy or efficacy < 0.5:
         return "not flipped"
     if paraphrase is None:
@@ -85,7 +87,7 @@ def aggregate(runs: list[dict]) -> dict:
     for fig in FIGURES:
         out[fig], out[fig + "_sd"] = mean_sd([r.get(fig) for r in runs])
     out["gain_beyond_spread"] = beyond_spread([r["correct_gain"] for r in runs])
-    out["verdict"] = verdict(out["efficacy"], out["paraphrase"])
+    out["verdict"] = verdict(out["efficacy"], out["paraphrase"], out.get("base_efficacy") or 0.0)
     return out
 
 
