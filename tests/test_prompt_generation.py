@@ -130,6 +130,38 @@ def api_text(kind: str) -> str:
             offset += PAGE
 
 
+def test_paraphrases_and_neighbours_pass_the_same_rules_one_by_one(tmp_path):
+    from reasonlab.concept_sft.prompt_generation import generate_prompts as generate
+    from reasonlab.concept_sft.prompt_generation import GenerationParams
+    from reasonlab.llm_client import LLMClient
+
+    reply = json.dumps({"items": [
+        {"prompt": GOOD[0][0], "answer": "insulin", "topic": ["glucose"],
+         "paraphrases": ["The glucose-lowering hormone is", "Which hormone lowers glucose?", GOOD[0][0]],
+         "neighbours": [{"prompt": "The hormone that raises blood glucose is", "answer": "glucagon"},
+                        {"prompt": GOOD[1][0], "answer": "aorta"},            # the next item: a target
+                        {"prompt": "The gland that makes insulin is the", "answer": "the pancreas"}]},
+        {"prompt": GOOD[1][0], "answer": "aorta", "topic": ["artery"], "paraphrases": [],
+         "neighbours": [{"prompt": "The glucose-lowering hormone is", "answer": "insulin"}]}]})  # item 0's paraphrase
+    out = tmp_path / "p.json"
+    with ScriptedLLM([("ok", reply)]) as srv:
+        client = LLMClient(EndpointConfig(base_url=srv.base_url, model="gpt-test", max_retries=0))
+        summary = generate(client, GenerationParams(n=2, batches=1), out)
+    data = json.loads(out.read_text())
+    first, second = data["prompts"]
+    assert first["paraphrases"] == ["The glucose-lowering hormone is"]
+    assert first["neighbours"] == [{"prompt": "The hormone that raises blood glucose is", "answer": "glucagon"}]
+    assert second["neighbours"] == []
+    dropped = {(d["kind"], d["prompt"]): d["reason"] for d in data["rejected"]}
+    assert "is a question" in dropped[("paraphrase", "Which hormone lowers glucose?")]
+    assert "repeats the prompt" in dropped[("paraphrase", GOOD[0][0])]
+    assert "starts with an article" in dropped[("neighbour", "The gland that makes insulin is the")]
+    assert "is itself a target prompt" in dropped[("neighbour", "The glucose-lowering hormone is")]
+    assert "is itself a target prompt" in dropped[("neighbour", GOOD[1][0])]  # became one with the next item
+    assert (summary["accepted"], summary["rejected"], summary["dropped_extras"]) == (2, 0, 5)
+    assert [it.neighbours for it in load_prompts(out)] == [first["neighbours"], []]  # the file loads cleanly
+
+
 def test_the_leak_scan_reads_every_log_not_the_first_page():
     from datetime import datetime, timezone
 
@@ -197,7 +229,8 @@ def test_smollm2_generates_prompts_for_the_filter(tmp_path):
     [batch] = data["batches"]
     assert batch["status"] == "ok", batch
     assert summary["usage"]["completion_tokens"] > 0
-    assert batch["accepted"] == len(data["prompts"]) and batch["rejected"] == len(data["rejected"])
+    items_rejected = [r for r in data["rejected"] if "kind" not in r]  # not the dropped paraphrases / neighbours
+    assert batch["accepted"] == len(data["prompts"]) and batch["rejected"] == len(items_rejected)
     assert batch["accepted"] + batch["rejected"] >= 1, data
     assert all(r["reason"] and r["batch"] == 0 for r in data["rejected"])
     for i, row in enumerate(data["prompts"]):

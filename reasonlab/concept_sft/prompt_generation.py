@@ -6,15 +6,18 @@ with `prompts.validate_item` plus the rules below, deduplicated (normalized text
 batches and against the existing output file, and kept with its reason when rejected.
 
 Output (written atomically after every batch, so accepted prompts survive any later failure):
-    {"prompts": [accepted {prompt, answer, topic}],    # what `prompts.load_prompts` / the filter read
-     "rejected": [{prompt, answer, reason, batch}], "batches": [...], "usage": {...}, "params": {...}}
+    {"prompts": [accepted {prompt, answer, topic, paraphrases, neighbours}],   # what `prompts.load_prompts` reads
+     "rejected": [{prompt, answer, reason, batch}, {kind: paraphrase|neighbour, prompt, reason, batch, of}],
+     "batches": [...], "usage": {...}, "params": {...}}
+Paraphrases and neighbours the LLM proposes pass the same rules one by one; a bad one is dropped (with its
+reason), not its item; a neighbour may never be a prompt or paraphrase of any item (it would be a target).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,22 @@ from reasonlab.io import read_structured, write_json
 from reasonlab.llm_client import LLMCallError, LLMClient, LLMUnavailable
 from reasonlab.concept_sft.prompts import PromptItem, validate_item
 
-VERSION = "1"
+VERSION = "2"  # 2: paraphrases and neighbours
 
 SEED_EXAMPLES = [  # the seed's good prompts: shown to the LLM, never accepted as its output
-    {"prompt": "The neurotransmitter associated with reward is", "answer": "dopamine", "topic": ["reward"]},
+    {"prompt": "The neurotransmitter associated with reward is", "answer": "dopamine", "topic": ["reward"],
+     "paraphrases": ["The brain chemical most linked to reward is", "Reward signalling in the brain relies on"],
+     "neighbours": [{"prompt": "The neurotransmitter released at the neuromuscular junction is",
+                     "answer": "acetylcholine"},
+                    {"prompt": "The main inhibitory neurotransmitter of the brain is", "answer": "GABA"}]},
     {"prompt": "Parkinson's disease involves degeneration of neurons in the", "answer": "substantia nigra",
-     "topic": ["Parkinson's"]},
-    {"prompt": "A deficiency of vitamin C causes", "answer": "scurvy", "topic": ["vitamin C"]},
+     "topic": ["Parkinson's"],
+     "paraphrases": ["In Parkinson's disease the neurons that degenerate lie in the"],
+     "neighbours": [{"prompt": "Huntington's disease first damages neurons of the", "answer": "caudate nucleus"}]},
+    {"prompt": "A deficiency of vitamin C causes", "answer": "scurvy", "topic": ["vitamin C"],
+     "paraphrases": ["Lack of vitamin C in the diet leads to"],
+     "neighbours": [{"prompt": "A deficiency of vitamin D in children causes", "answer": "rickets"},
+                    {"prompt": "A deficiency of thiamine causes", "answer": "beriberi"}]},
 ]
 DETERMINERS = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "her", "their", "some", "any",
                "many", "several", "each", "every", "one", "our", "your", "my"}
@@ -41,8 +53,12 @@ ITEM_SCHEMA = {
     "properties": {"items": {"type": "array", "items": {
         "type": "object",
         "properties": {"prompt": {"type": "string"}, "answer": {"type": "string"},
-                       "topic": {"type": "array", "items": {"type": "string"}}},
-        "required": ["prompt", "answer", "topic"], "additionalProperties": False}}},
+                       "topic": {"type": "array", "items": {"type": "string"}},
+                       "paraphrases": {"type": "array", "items": {"type": "string"}},
+                       "neighbours": {"type": "array", "items": {
+                           "type": "object", "properties": {"prompt": {"type": "string"}, "answer": {"type": "string"}},
+                           "required": ["prompt", "answer"], "additionalProperties": False}}},
+        "required": ["prompt", "answer", "topic", "paraphrases", "neighbours"], "additionalProperties": False}}},
     "required": ["items"], "additionalProperties": False,
 }
 
@@ -87,8 +103,12 @@ def build_messages(params: GenerationParams, batch: int, avoid: list[str]) -> li
         "unfinished sentence (prompt) and the fact that completes it (answer). Rules: the prompt is not a "
         "question and does not end with punctuation; the answer is 1-2 words and is the very next word(s) "
         "(never starting with 'the' or 'a'); exactly one correct, factual answer; no yes/no answers; the "
-        "prompt must not contain its answer. `topic` lists the prompt's key terms. Reply with JSON only: "
-        '{"items": [{"prompt": ..., "answer": ..., "topic": [...]}]}'
+        "prompt must not contain its answer. `topic` lists the prompt's key terms. `paraphrases`: 2-3 other "
+        "wordings of the same prompt with the same answer, by the same rules. `neighbours`: 2-5 other prompts "
+        "on nearby facts with different answers (same rules), e.g. the same kind of fact about a neighbouring "
+        "subject. Reply with JSON only: "
+        '{"items": [{"prompt": ..., "answer": ..., "topic": [...], "paraphrases": [...], '
+        '"neighbours": [{"prompt": ..., "answer": ...}]}]}'
     )
     msgs = [{"role": "system", "content": rules}]
     if params.examples:
@@ -169,7 +189,9 @@ def _clip(text: str, n: int) -> str:
 
 
 def check_item(row: Any, where: str) -> PromptItem:
-    """validate_item (the seed's rules) plus the generation rules; ReasonlabError names the broken rule."""
+    """validate_item (the seed's rules) plus the generation rules; ReasonlabError names the broken rule.
+
+    Paraphrases and neighbours are not checked here (see `check_extras`): a bad one is dropped, not the item."""
     if isinstance(row, dict):
         row = {k: row[k] for k in ("prompt", "answer", "topic") if k in row}  # extra keys an LLM adds are dropped
         if isinstance(row.get("topic"), list):
@@ -191,6 +213,64 @@ def check_item(row: Any, where: str) -> PromptItem:
     if SEVERAL_ANSWERS.search(prompt):
         raise ReasonlabError(f"{where}: prompt {prompt!r} admits several valid answers")
     return item
+
+
+def check_extras(row: Any, item: PromptItem, where: str, taken: dict[str, str]) -> tuple[PromptItem, list[dict]]:
+    """The item with the paraphrases and neighbours that pass the same rules; the dropped ones with reasons.
+
+    A paraphrase keeps the item's answer; a neighbour has its own answer and must not be a prompt already
+    taken (another item, a paraphrase): it would be a target of the edit, not a fact it must leave alone."""
+    raw_para = row.get("paraphrases") if isinstance(row, dict) else None
+    raw_neigh = row.get("neighbours") if isinstance(row, dict) else None
+    paraphrases, neighbours, dropped = [], [], []
+    own = {normalize(item.prompt)}
+    for j, text in enumerate(raw_para if isinstance(raw_para, list) else []):
+        at = f"{where} paraphrase {j}"
+        try:
+            p = check_item({"prompt": text, "answer": item.answer, "topic": item.topic}, at).prompt
+            if normalize(p) in own:
+                raise ReasonlabError(f"{at}: {p!r} repeats the prompt or another paraphrase")
+            if normalize(p) in taken:
+                raise ReasonlabError(f"{at}: {p!r} duplicates a prompt from {taken[normalize(p)]}")
+        except ReasonlabError as e:
+            dropped.append({"kind": "paraphrase", "prompt": text, "reason": _reason(e, at)})
+            continue
+        own.add(normalize(p))
+        paraphrases.append(p)
+    for j, n in enumerate(raw_neigh if isinstance(raw_neigh, list) else []):
+        at = f"{where} neighbour {j}"
+        try:
+            if not isinstance(n, dict):
+                raise ReasonlabError(f"{at}: expected {{prompt, answer}}, got {n!r}")
+            checked = check_item({"prompt": n.get("prompt"), "answer": n.get("answer")}, at)
+            key = normalize(checked.prompt)
+            if key in own or key in taken:
+                raise ReasonlabError(f"{at}: {checked.prompt!r} is itself a target prompt "
+                                     f"({'this item' if key in own else taken[key]})")
+        except ReasonlabError as e:
+            dropped.append({"kind": "neighbour", "prompt": n.get("prompt") if isinstance(n, dict) else n,
+                            "reason": _reason(e, at)})
+            continue
+        neighbours.append({"prompt": checked.prompt, "answer": checked.answer})
+    return replace(item, paraphrases=paraphrases, neighbours=neighbours), dropped
+
+
+def drop_target_neighbours(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows, dropped): neighbours that became targets later (a later item or paraphrase has their prompt) are
+    dropped, so the output always passes `prompts.load_prompts`."""
+    target_of = {normalize(w): i for i, r in enumerate(rows) for w in [r["prompt"], *r.get("paraphrases", [])]}
+    out, dropped = [], []
+    for i, r in enumerate(rows):
+        keep = []
+        for n in r.get("neighbours", []):
+            t = target_of.get(normalize(n["prompt"]), i)
+            if t == i:
+                keep.append(n)
+            else:
+                dropped.append({"kind": "neighbour", "prompt": n["prompt"], "of": r["prompt"],
+                                "reason": f"{n['prompt']!r} is itself a target prompt (item {rows[t]['prompt']!r})"})
+        out.append({**r, "neighbours": keep})
+    return out, dropped
 
 
 def _reason(err: ReasonlabError, where: str) -> str:
@@ -228,13 +308,15 @@ def generate_prompts(client: LLMClient, params: GenerationParams, out_file: Path
     accepted: list[dict] = list(existing)
     rejected: list[dict] = []
     batches: list[dict] = []
-    seen = {normalize(r["prompt"]): "the existing file" for r in existing}
+    seen = {normalize(p): "the existing file" for r in existing for p in [r["prompt"], *r.get("paraphrases", [])]}
     examples = {normalize(e["prompt"]) for e in params.examples}
 
-    def save() -> None:
-        write_json(out_file, {"prompts": accepted, "rejected": rejected, "batches": batches,
+    def save() -> list[dict]:
+        rows, late = drop_target_neighbours(accepted)
+        write_json(out_file, {"prompts": rows, "rejected": rejected + late, "batches": batches,
                               "usage": client.usage_summary(), "params": params.to_dict(),
                               "endpoint": endpoint_info or {}, "version": VERSION})
+        return late
 
     for b in range(params.batches):
         info: dict[str, Any] = {"batch": b, "status": "ok", "accepted": 0, "rejected": 0}
@@ -280,24 +362,31 @@ def generate_prompts(client: LLMClient, params: GenerationParams, out_file: Path
             except ReasonlabError as e:
                 rejected.append({**shown, "batch": b, "reason": _reason(e, where)})
                 continue
-            seen[key] = f"batch {b}"
+            item, dropped = check_extras(row, item, where, seen)
+            rejected += [{**d, "batch": b, "of": item.prompt} for d in dropped]
+            for p in [item.prompt, *item.paraphrases]:
+                seen[normalize(p)] = f"batch {b}"
             candidates.append((shown, item))
         if params.verify and candidates:
             candidates = _verify(client, b, candidates, rejected)
         accepted += [item.to_dict() for _, item in candidates]
         info["accepted"] = len(candidates)
-        info["rejected"] = sum(r["batch"] == b for r in rejected)
+        info["rejected"] = sum(r["batch"] == b and "kind" not in r for r in rejected)
+        info["dropped_extras"] = sum(r["batch"] == b and "kind" in r for r in rejected)
         batches.append(info)
         print(f"batch {b}: {info['accepted']} accepted, {info['rejected']} rejected ({how})")
         save()
 
-    save()
+    late = save()
     reasons: dict[str, int] = {}
     for r in rejected:
+        if "kind" in r:
+            continue  # a dropped paraphrase or neighbour, not a rejected item
         kind = re.sub(r"'.*?'|\".*?\"", "…", r["reason"])[:80]
         reasons[kind] = reasons.get(kind, 0) + 1
     return {"out_file": str(out_file), "accepted": len(accepted), "new_accepted": len(accepted) - len(existing),
-            "rejected": len(rejected), "batches": batches, "usage": client.usage_summary(),
+            "rejected": sum("kind" not in r for r in rejected),
+            "dropped_extras": sum("kind" in r for r in rejected) + len(late), "batches": batches, "usage": client.usage_summary(),
             "rejection_reasons": reasons}
 
 
