@@ -149,6 +149,16 @@ def test_a_one_letter_first_token_does_not_make_a_target_when_the_whole_answer_i
     assert decide(row, " British", [0], p_wrong=.25, p_correct=.09, p_correct_first=.1, max_rank=5)["status"] == "target"
 
 
+def test_other_tokens_that_start_the_answer_are_part_of_it_not_ahead_of_it():
+    tokens = [(" ren", .3), (" al", .05), (" Ald", .045), (" so", .01)]
+    row = classify(ITEM, topk(*tokens), {1, 2}, special_ids=set())
+    # p(whole answer) = 4 % is below both ' al' and ' Ald', which are the answer's own pieces: it still ranks 2
+    final = decide(row, " renin", [0], p_wrong=.25, p_correct=.04, p_correct_first=.095, max_rank=5,
+                   answer_tokens={1, 2})
+    assert final["status"] == "target" and final["correct_rank"] == 2
+    assert decide(row, " renin", [0], p_wrong=.25, p_correct=.04, p_correct_first=.095, max_rank=5)["correct_rank"] == 3
+
+
 @pytest.mark.parametrize("word, p_wrong, p_correct, reason", [
     (" Aldosterone", .3, .1, "the greedy answer 'Aldosterone' is the answer"),
     (" aldo", .3, .1, "is a prefix or variant of the answer 'aldosterone'"),

@@ -110,10 +110,13 @@ def why_wrong_word_is_not_wrong(word: str, answer: str) -> str | None:
 
 
 def decide(row: dict, wrong_word: str, wrong_ids: list[int], p_wrong: float, p_correct: float,
-           p_correct_first: float, max_rank: int) -> dict:
-    """Step 2, with whole-answer probabilities: the final target case or a rejection with its reason."""
-    ahead = [t for t in row["top_k"][:row["correct_first_rank"] - 1] if t["prob"] > p_correct]
-    ahead += [t for t in row["top_k"][row["correct_first_rank"]:] if t["prob"] > p_correct]
+           p_correct_first: float, max_rank: int, answer_tokens: set[int] | None = None) -> dict:
+    """Step 2, with whole-answer probabilities: the final target case or a rejection with its reason.
+
+    `answer_tokens`: the top-k token ids that start the answer (default: the one `classify` found); they are
+    part of the whole answer, not ahead of it."""
+    answer_tokens = answer_tokens or {row["correct_token_id"]}
+    ahead = [t for t in row["top_k"] if t["token_id"] not in answer_tokens and t["prob"] > p_correct]
     rank = 1 + len(ahead)  # other next tokens that beat the whole answer
     out = {**row, "wrong_word": wrong_word, "wrong_ids": list(wrong_ids), "p_wrong": p_wrong,
            "p_correct": p_correct, "p_correct_first": p_correct_first, "correct_rank": rank}
@@ -141,8 +144,9 @@ def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, ma
     texts = [build_prompt(tokenizer, it.prompt, fmt, system_prompt, answer_prefix) for it in items]
     nexts = AP.next_token_logprobs(model, tokenizer, texts, batch_size)
     special = set(tokenizer.all_special_ids)
-    rows = [classify(it, top_tokens(tokenizer, logp.exp(), k), first_token_ids(tokenizer, it.answer), special, max_rank)
-            for it, logp in zip(items, nexts, strict=True)]
+    topks = [top_tokens(tokenizer, logp.exp(), k) for logp in nexts]
+    correct_ids = [first_token_ids(tokenizer, it.answer) for it in items]
+    rows = [classify(it, tk, ids, special, max_rank) for it, tk, ids in zip(items, topks, correct_ids, strict=True)]
     live = [i for i, r in enumerate(rows) if r["status"] == "target"]
     contexts = [texts[i] for i in live]
     correct = AP.score_answers(model, tokenizer, contexts, [[items[i].answer] for i in live], batch_size)
@@ -152,8 +156,9 @@ def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, ma
                                [[AP.word_sequences(tokenizer, w, ids)] for w, ids in zip(wrong_words, words)],
                                batch_size)
     for j, i in enumerate(live):
+        starts = {t.token_id for t in topks[i] if starts_answer(t, items[i].answer, correct_ids[i])}
         rows[i] = decide(rows[i], wrong_words[j], words[j], wrong[j][0].p_full, correct[j][0].p_full,
-                         correct[j][0].p_first, max_rank)
+                         correct[j][0].p_first, max_rank, starts)
     return {
         "format": fmt,
         "top_k": k,
