@@ -21,7 +21,7 @@ from reasonlab.prompt_format import Format, build_prompt
 from reasonlab.concept_sft.prompts import PromptItem
 from reasonlab.tokens import first_token_ids, token_text
 
-VERSION = "3"  # 2: whole-answer probabilities, the greedy wrong word; 3: the answer's own tokens not ahead  # bump when the filter's decisions change
+VERSION = "3"  # bump when the decisions change (2: whole answers, greedy wrong word; 3: answer pieces not ahead)
 
 FUNCTION_WORDS = frozenset("""
 a an the this that these those its it their his her our your my of in on at to for from by with as
