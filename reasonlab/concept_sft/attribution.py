@@ -306,28 +306,34 @@ def compute_edges(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: 
 
 # ---------------------------------------------------------------------------- the check against reality
 
-def ablation_effects(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: int,
-                     batch_size: int = 16) -> tuple[float, list[float]]:
-    """Real change of m when each node alone is zero-ablated: (m clean, [m ablated - m clean per node])."""
+def edited_metrics(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: int,
+                   value: Callable[[Node], torch.Tensor | float], batch_size: int = 16) -> list[float]:
+    """m with each node alone set to `value(node)` (one batch row per node, `batch_size` rows a pass)."""
     device = _device(model)
+    out: list[float] = []
     with torch.no_grad():
-        clean = float(logit_diff(model(input_ids).logits, a, b)[0])
-        deltas: list[float] = []
         for start in range(0, len(nodes), batch_size):
             chunk = nodes[start:start + batch_size]
 
-            def zero(layer: int, x: torch.Tensor, chunk=chunk) -> torch.Tensor:
+            def edit(layer: int, x: torch.Tensor, chunk=chunk) -> torch.Tensor:
                 x = x.clone()
-                for row, (l, p, n) in enumerate(chunk):
-                    if l == layer:
-                        x[row, p, n] = 0.0
+                for row, node in enumerate(chunk):
+                    if node[0] == layer:
+                        x[row, node[1], node[2]] = value(node)
                 return x
 
             batch = input_ids.expand(len(chunk), -1).to(device)
-            with mlp_post_hooks(model, edit=zero, layers={l for l, _, _ in chunk}):
-                m = logit_diff(model(batch).logits, a, b)
-            deltas += [float(v) - clean for v in m]
-    return clean, deltas
+            with mlp_post_hooks(model, edit=edit, layers={l for l, _, _ in chunk}):
+                out += [float(v) for v in logit_diff(model(batch).logits, a, b)]
+    return out
+
+
+def ablation_effects(model, input_ids: torch.Tensor, nodes: list[Node], a: int, b: int,
+                     batch_size: int = 16) -> tuple[float, list[float]]:
+    """Real change of m when each node alone is zero-ablated: (m clean, [m ablated - m clean per node])."""
+    with torch.no_grad():
+        clean = float(logit_diff(model(input_ids.to(_device(model))).logits, a, b)[0])
+    return clean, [m - clean for m in edited_metrics(model, input_ids, nodes, a, b, lambda node: 0.0, batch_size)]
 
 
 def patching_effects(model, clean_ids: torch.Tensor, counterfactual_ids: torch.Tensor, nodes: list[Node], a: int,
@@ -358,21 +364,8 @@ def patching_effects(model, clean_ids: torch.Tensor, counterfactual_ids: torch.T
         predicted = [float((cf_acts[l][p, n].float() - clean_acts[l][p, n].float()).cpu() * gradients[l, p, n])
                      for l, p, n in nodes]
         clean = float(logit_diff(model(clean_ids.to(device)).logits, a, b)[0])
-        real: list[float] = []
-        for start in range(0, len(nodes), batch_size):
-            chunk = nodes[start:start + batch_size]
-
-            def patch(layer: int, x: torch.Tensor, chunk=chunk) -> torch.Tensor:
-                x = x.clone()
-                for row, (l, p, n) in enumerate(chunk):
-                    if l == layer:
-                        x[row, p, n] = cf_acts[l][p, n]
-                return x
-
-            batch = clean_ids.expand(len(chunk), -1).to(device)
-            with mlp_post_hooks(model, edit=patch, layers={l for l, _, _ in chunk}):
-                m = logit_diff(model(batch).logits, a, b)
-            real += [float(v) - clean for v in m]
+    real = [m - clean for m in edited_metrics(model, clean_ids, nodes, a, b, lambda n: cf_acts[n[0]][n[1], n[2]],
+                                              batch_size)]
     return clean, predicted, real
 
 

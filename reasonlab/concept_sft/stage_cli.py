@@ -18,6 +18,15 @@ from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
 
+def add_prompt_and_device_args(p, top_k_help: str = "next tokens shown and ranked") -> None:
+    """The options every model-running command shares: how the prompt is shown, k, where the model runs."""
+    p.add_argument("--answer-prefix", default=" Answer:", help="text after the assistant header (chat format)")
+    p.add_argument("--system-prompt", default="")
+    p.add_argument("--top-k", type=int, default=10, help=top_k_help)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+
+
 # ---------------------------------------------------------------------------- attribute
 
 
@@ -26,11 +35,9 @@ def add_attribute(sub) -> None:
     p.add_argument("prompt")
     p.add_argument("--contrastive", nargs=2, required=True, metavar=("CORRECT", "WRONG"),
                    help="the two one-token answers; m = logit(CORRECT) - logit(WRONG)")
-    p.add_argument("--answer-prefix", default=" Answer:")
     p.add_argument("--output", required=True, help="folder for graph.json / graph.png / graph.html")
     p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")
     p.add_argument("--format", default="chat", choices=["chat", "completion"])
-    p.add_argument("--system-prompt", default="")
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--prune-mode", default="max", choices=["total", "max", "cumulative"])
     p.add_argument("--method", default="act_x_grad", choices=["act_x_grad", "integrated_gradients"])
@@ -40,9 +47,7 @@ def add_attribute(sub) -> None:
                    help="a prompt of the same token length whose answer is the other side: adds the patching check")
     p.add_argument("--compare-model", default=None,
                    help="an SFT checkpoint: re-attribute the graph on it (diff.json, diff.md, sft/graph.*)")
-    p.add_argument("--top-k", type=int, default=10, help="wrong-pushing base nodes followed after SFT")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_prompt_and_device_args(p, top_k_help="wrong-pushing base nodes followed after SFT")
 
 
 def _rho(x) -> str:
@@ -147,13 +152,9 @@ def add_filter(sub) -> None:
     p.add_argument("--output", required=True, help="filtered_prompts.json: target_cases and rejected, with reasons")
     p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")
     p.add_argument("--format", default="completion", choices=["completion", "chat"])
-    p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--max-rank", type=int, default=5)
-    p.add_argument("--answer-prefix", default=" Answer:")
-    p.add_argument("--system-prompt", default="")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_prompt_and_device_args(p)
 
 
 def run_filter(args: argparse.Namespace) -> dict:
@@ -193,11 +194,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--output", default=None, help="JSON file (default: <prompts stem>.eval.json beside --prompts)")
     p.add_argument("--heldout", default="data/heldout_text.txt", help="general text for the perplexity")
     p.add_argument("--neighbour-tolerance", type=float, default=2.0)
-    p.add_argument("--answer-prefix", default=" Answer:")
-    p.add_argument("--system-prompt", default="")
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_prompt_and_device_args(p)
 
 
 def load_target_cases(path: str) -> list[dict]:
