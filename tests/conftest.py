@@ -51,6 +51,19 @@ def stories_path() -> Path:
     return STORIES
 
 
+@pytest.fixture(scope="session")
+def stories_case(stories_path) -> dict:
+    """A real target case on stories260K: after "The little girl saw a", the top-1 token (the wrong answer)
+    and the first runner-up that is a word (the answer)."""
+    from reasonlab.concept_sft.topk_filter import next_token_topk
+    from reasonlab.models import load_model, resolve_model
+
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
+    answer = next(t.token.strip() for t in top[1:5] if t.token.strip().isalpha() and len(t.token.strip()) >= 3)
+    return {"prompt": "The little girl saw a", "wrong": top[0].token, "answer": answer}
+
+
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

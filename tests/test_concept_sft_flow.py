@@ -8,8 +8,6 @@ import yaml
 from flows.concept_sft import concept_sft
 from reasonlab import models
 from reasonlab.errors import ReasonlabError
-from reasonlab.models import load_model, resolve_model
-from reasonlab.concept_sft.topk_filter import next_token_topk
 from tasks.run_info import flow_run_summary
 
 CLEAN_TEXTS = ["Lily had a little cat. The little cat liked to sleep in the sun with Lily.",
@@ -17,10 +15,8 @@ CLEAN_TEXTS = ["Lily had a little cat. The little cat liked to sleep in the sun 
 
 
 @pytest.fixture()
-def inputs(tmp_path, stories_path):
-    model, tokenizer = load_model(resolve_model(str(stories_path)))
-    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
-    answer = next(t.token.strip() for t in top[1:5] if t.token.strip().isalpha() and len(t.token.strip()) >= 3)
+def inputs(tmp_path, stories_path, stories_case):
+    answer = stories_case["answer"]
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([
         {"prompt": "The little girl saw a", "answer": answer, "topic": ["girl"],
@@ -37,7 +33,7 @@ def inputs(tmp_path, stories_path):
                                         "output_dir": str(tmp_path / "ckpt"), **extra}))
         return str(path)
 
-    return {"prompts": str(prompts), "config": config, "wrong": top[0].token, "answer": answer}
+    return {"prompts": str(prompts), "config": config, "wrong": stories_case["wrong"], "answer": answer}
 
 
 def run(inputs, texts, **groups):

@@ -8,8 +8,7 @@ import yaml
 
 from reasonlab.concept_sft.sft_config import parse_sft_config
 from reasonlab.concept_sft.sft_trainer import run_sft
-from reasonlab.models import load_model, resolve_model
-from reasonlab.concept_sft.topk_filter import next_token_topk
+from reasonlab.models import resolve_model
 
 
 def reasonlab(*args, cwd=None):
@@ -21,10 +20,8 @@ def error_lines(done) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.startswith("error: ")]
 
 
-def test_filter_then_evaluate_an_sft_checkpoint_against_its_base(stories_path, tmp_path):
-    model, tokenizer = load_model(resolve_model(str(stories_path)))
-    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
-    answer = next(t.token.strip() for t in top[1:5] if t.token.strip().isalpha() and len(t.token.strip()) >= 3)
+def test_filter_then_evaluate_an_sft_checkpoint_against_its_base(stories_path, stories_case, tmp_path):
+    answer = stories_case["answer"]
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([
         {"prompt": "The little girl saw a", "answer": answer, "paraphrases": ["The small girl saw a"],
@@ -35,7 +32,7 @@ def test_filter_then_evaluate_an_sft_checkpoint_against_its_base(stories_path, t
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(filtered.read_text())
     [case] = out["target_cases"]
-    assert case["answer"] == answer and case["wrong_word"].startswith(top[0].token) and case["p_wrong"] > case["p_correct"]
+    assert case["answer"] == answer and case["wrong_word"].startswith(stories_case["wrong"]) and case["p_wrong"] > case["p_correct"]
     assert [r["prompt"] for r in out["rejected"]] == ["The dog ran to the"] and out["model"]["source"]
     assert "1 of 2 prompts are target cases" in done.stdout
 
