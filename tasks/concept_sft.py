@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -49,7 +50,9 @@ def sft_experiment(model: ResolvedModel, config: dict, cases: list[dict], format
     the held-out perplexity; the checkpoint is kept only when asked."""
     cfg = parse_sft_config(config)
     logger = get_run_logger()
-    progress_id = create_progress_artifact(0.0, description=f"SFT optimizer steps (seed {cfg.seed})")
+    run = re.sub(r"[^a-z0-9-]+", "-", f"{Path(output_dir).parent.name}-{Path(output_dir).name}".lower())
+    progress_id = create_progress_artifact(0.0, key=f"sft-progress-{run}"[:100],
+                                           description=f"SFT optimizer steps ({run})")
 
     def report(step: int, total: int, loss: float | None) -> None:
         update_progress_artifact(progress_id, 100.0 * step / max(total, 1))

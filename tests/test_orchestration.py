@@ -167,22 +167,17 @@ def test_setup_is_idempotent_and_pools_carry_device_and_storage(cluster):
     [nightly] = deps["nightly-eval"]["schedules"]
     assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False
     schema = deps["concept-sft"]["parameter_openapi_schema"]  # what the UI's run form is drawn from
-    assert {"model", "filter", "formats", "attribution", "concept", "generation", "llm"} <= set(schema["properties"])
+    assert {"model", "filter", "formats", "attribution", "concept", "experiment", "generation", "llm"} \
+        <= set(schema["properties"])
     assert schema["definitions"]["AttributionParams"]["properties"]["tau"]["exclusiveMaximum"] == 1
 
 
 @pytest.fixture(scope="module")
-def stories_inputs(tmp_path_factory, stories_path):
+def stories_inputs(tmp_path_factory, stories_path, stories_case):
     """A prompt set where stories260K has one target case (as tests/test_concept_sft_flow.py), two SFT configs."""
-    from reasonlab.models import load_model, resolve_model
-    from reasonlab.concept_sft.topk_filter import next_token_topk
-
     tmp = tmp_path_factory.mktemp("orchestration-inputs")
-    model, tokenizer = load_model(resolve_model(str(stories_path)))
-    [top] = next_token_topk(model, tokenizer, ["The little girl saw a"], k=10)
-    answer = next(t.token.strip() for t in top[1:5] if t.token.strip().isalpha() and len(t.token.strip()) >= 3)
     (tmp / "prompts.json").write_text(json.dumps([
-        {"prompt": "The little girl saw a", "answer": answer, "topic": ["girl"]},
+        {"prompt": "The little girl saw a", "answer": stories_case["answer"], "topic": ["girl"]},
         {"prompt": "The dog ran to the", "answer": "moon"}]))
     texts = ["Lily had a little cat. The little cat liked to sleep in the sun with Lily.",
              "Tom found a little bird in the garden. He gave the little bird some water."]
@@ -204,13 +199,14 @@ def test_main_job_through_deployment_and_worker(cluster, stories_inputs):
     assert run["state"]["type"] == "COMPLETED" and run["work_pool_name"] == "gpu"
     states = cluster.task_states(run_id)
     assert set(states.values()) == {"Completed"}, states
-    assert {"load-prompts", "topk-filter", "check-training-texts", "sft", "evaluate"} <= set(states), states
+    assert {"load-prompts", "topk-filter", "check-training-texts", "sft-experiment", "evaluate"} <= set(states), states
     arts = cluster.artifacts(run_id)
-    assert {"concept-sft-filter", "concept-sft-results", "concept-sft-report", "sft-progress"} <= set(arts)
+    assert {"concept-sft-filter", "concept-sft-results", "concept-sft-report"} <= set(arts)
+    assert sum(k.startswith("sft-progress-case0-concept-") for k in arts) == 3  # one per seed
     [row] = json.loads(arts["concept-sft-results"]["data"])
     assert row["format"] == "completion" and 0 < row["base_p_correct"] < row["base_p_wrong"]
     # the worker wrote under the shared REASONLAB_HOME, and the task results went through the storage block
-    assert (stories_inputs["tmp"] / "ckpt" / "model.safetensors").is_file()
+    assert list((stories_inputs["tmp"] / "ckpt").glob("case0-concept-*/seed0/model.safetensors"))
     assert list((cluster.home / "runs" / "concept_sft").glob("*/results.json"))
     assert len(list((cluster.home / "results").iterdir())) >= 5
     print(f"main job via deployment: state={run['state']['name']} run_time_s={run['total_run_time']:.1f} "
