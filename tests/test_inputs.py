@@ -198,3 +198,11 @@ def test_shipped_prompts_and_text_sets_load_and_every_case_has_both_controls():
         case = {"prompt": it.prompt, "wrong_token": " zz", "topic": it.topic}
         for texts in [entry.texts] + [c.texts for c in entry.controls.values()]:
             check_texts(texts, [case])  # no text names the case's topic
+
+
+def test_the_greedy_wrong_word_is_forbidden_too_when_its_first_token_is_a_single_letter():
+    case = {"prompt": "The British public broadcaster is the", "wrong_token": " B", "wrong_word": " Bloomberg",
+            "topic": []}
+    with pytest.raises(ReasonlabError, match="mentions 'Bloomberg', which matches 'bloomberg'"):
+        check_texts(["News from Bloomberg today."], [case])
+    assert check_texts(["The BBC is a broadcaster."], [case])  # ' B' alone is too short to forbid

@@ -17,9 +17,9 @@ def forbidden_terms(target_cases: list[dict], extra: list[str] = ()) -> dict[str
     """term -> why it is forbidden, for every target case (wrong token, topic) plus `extra`."""
     terms: dict[str, str] = {}
     for case in target_cases:
-        wrong = case["wrong_token"].strip()
-        if len(wrong) >= 2:
-            terms.setdefault(wrong.lower(), f"the wrong answer {case['wrong_token']!r} of {case['prompt']!r}")
+        for wrong in (case["wrong_token"], case.get("wrong_word") or ""):  # the first token (' ren') and the word
+            if len(wrong.strip()) >= 2:
+                terms.setdefault(wrong.strip().lower(), f"the wrong answer {wrong!r} of {case['prompt']!r}")
         for topic in case.get("topic", []):
             terms.setdefault(topic.lower(), f"the topic of {case['prompt']!r}")
     for term in extra:
