@@ -2,13 +2,13 @@
 
     run_experiment(base, config, texts, cases, ["completion"], "runs/x/case0-concept/seed0", heldout=paragraphs)
 
-The checkpoint is deleted after scoring unless `keep_checkpoint` (a study makes many; the attribution
-after SFT needs one). The result holds everything the summary needs, so a cached rerun needs no weights.
+The checkpoint is kept (at `output_dir`) only with `keep_checkpoint` (a study makes many; the attribution
+after SFT needs one); otherwise it lives in a scratch folder until scored. The result holds everything the summary needs, so a cached rerun needs no weights.
 """
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 from pathlib import Path
 
 from reasonlab.concept_sft import evaluate, sft_trainer
@@ -30,17 +30,18 @@ def budget_tokens(resolved: ResolvedModel, config: SFTConfig, texts: list[str]) 
 def run_experiment(base: ResolvedModel, config: SFTConfig, cases: list[dict], formats: list[str],
                    output_dir: Path | str, *, heldout: list[str], keep_checkpoint: bool = False, k: int = 10,
                    answer_prefix: str = " Answer:", progress: sft_trainer.Progress | None = None) -> dict:
-    """Train `base` on `config.texts` (seed `config.seed`), score it on `cases`, perplexity on `heldout`."""
-    output_dir = Path(output_dir)
-    sft = sft_trainer.run_sft(base, config, output_dir, progress=progress)
-    tuned = resolve_model(sft["checkpoint"])
-    model, tokenizer = load_fresh(tuned, config.device, config.dtype)
-    rows = evaluate.evaluate_cases(model, tokenizer, cases, formats, k=k, system_prompt=config.system_prompt,
-                                   answer_prefix=answer_prefix)
-    ppl = evaluate.perplexity(model, tokenizer, heldout)
-    del model
-    if not keep_checkpoint:
-        shutil.rmtree(output_dir)
+    """Train `base` on `config.texts` (seed `config.seed`), score it on `cases`, perplexity on `heldout`.
+
+    A checkpoint that is not kept lives in a private scratch folder, so two runs training the same thing at
+    once (a sweep child beside a run) never share or delete each other's files."""
+    with tempfile.TemporaryDirectory(prefix="reasonlab-sft-") as scratch:
+        target = Path(output_dir) if keep_checkpoint else Path(scratch) / "checkpoint"
+        sft = sft_trainer.run_sft(base, config, target, progress=progress)
+        model, tokenizer = load_fresh(resolve_model(sft["checkpoint"]), config.device, config.dtype)
+        rows = evaluate.evaluate_cases(model, tokenizer, cases, formats, k=k, system_prompt=config.system_prompt,
+                                       answer_prefix=answer_prefix)
+        ppl = evaluate.perplexity(model, tokenizer, heldout)
+        del model
     return {"seed": config.seed, "rows": rows, "perplexity": ppl, "losses": sft["losses"], "steps": sft["steps"],
             "train_tokens": budget_tokens(base, config, config.texts),
             "checkpoint": sft["checkpoint"] if keep_checkpoint else None}
