@@ -235,7 +235,7 @@ def check_inputs(prompts: str = DEFAULT_PROMPTS, sft_config: str = DEFAULT_SFT_C
     load_heldout(paths.find_input(exp.heldout))
     base = resolve_model_ref(model or config.model_name)  # a name, folder, Hub id, or block:NAME
     formats = parsed["formats"]
-    attr_fmt = formats.attribution or ("chat" if "chat" in formats.evaluation else formats.filter)
+    attr_fmt = formats.attribution or formats.filter  # the graph explains the error where the filter found it
     sft_format = ["chat"] if config.use_chat_template else []
     require_formats(load_tokenizer(base), [formats.filter, *formats.evaluation, attr_fmt, *sft_format], base.name)
     return Inputs(parsed, config, prompts_path, base, attr_fmt, {k: v.model_dump() for k, v in text_sets.items()})

@@ -47,8 +47,9 @@ def test_unattended_run_attributes_publishes_and_takes_the_concept_from_paramete
     if out["target_cases"] == 0:
         pytest.fail("stories260K should give a target case for these prompts")
     [graph] = out["attribution"]
-    [exp] = out["experiments"]
-    assert exp["concept"] == "playing outside" and exp["neuron"] is None  # a concept named, no neuron chosen
+    assert len(out["experiments"]) == out["target_cases"]  # one experiment per target case
+    assert all(e["concept"] == "playing outside" and e["neuron"] is None  # a concept named, no neuron chosen
+               for e in out["experiments"])
     saved = json.loads(Path(graph["files"]["json"]).read_text())
     assert saved["format"] == "completion" and saved["prune"]["max_nodes"] == 8 and saved["nodes"]
     assert Path(graph["files"]["png"]).is_file() and Path(graph["files"]["html"]).is_file()
@@ -77,7 +78,8 @@ def paused_run(flow_name: str = "concept-sft", timeout: float = 240):
 
 def test_interactive_run_pauses_for_the_researcher_and_resumes_with_input(job, tmp_path):
     box = {}
-    job = merge_parameters(job, {"concept": {"interactive": True, "pause_timeout": 150}})
+    job = merge_parameters(job, {"concept": {"interactive": True, "pause_timeout": 150},
+                                 "experiment": {"joint": True}})  # one fine-tune over every case: one pause
     runner = threading.Thread(target=lambda: box.update(state=concept_sft(**job, return_state=True)))
     runner.start()
     try:
@@ -96,7 +98,8 @@ def test_interactive_run_pauses_for_the_researcher_and_resumes_with_input(job, t
         runner.join(timeout=600)
     out = box["state"].result()
     [exp] = out["experiments"]
-    assert (exp["concept"], exp["neuron"], exp["texts"]) == ("balls and parks", "L3/N7@2", RESEARCHER_TEXTS)
+    assert (exp["name"], exp["concept"], exp["neuron"], exp["texts"]) == ("joint-concept", "balls and parks",
+                                                                        "L3/N7@2", RESEARCHER_TEXTS)
     results = json.loads((Path(out["run_dir"]) / "results.json").read_text())
     [seed] = results["experiments"][0]["seeds"]
     assert len(seed["losses"]) == 1  # one text, one step

@@ -56,7 +56,7 @@ class FormatParams(Group):
     evaluation: list[Format] = Field(["chat", "completion"], min_length=1,
                                      description="the formats the evaluation measures, base vs SFT")
     attribution: Format | None = Field(None, description="the attribution graph's prompt format "
-                                                         "(default: chat when evaluated in chat, else the filter's)")
+                                                         "(default: the filter's, where the target case was found)")
     answer_prefix: str = Field(" Answer:", description="text after the assistant header in the chat format")
 
 
