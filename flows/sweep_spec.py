@@ -202,8 +202,9 @@ def comparison_markdown(name: str, rows: list[dict[str, Any]], png: Path | None)
 
 
 def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> Path:
-    """Concept SFT: grouped bars per child (mean p(correct) before and after SFT; none: an empty slot) beside
-    the trade-off scatter, efficacy against neighbourhood damage (Pareto front green, the best pink);
+    """Concept SFT: grouped bars per child (mean p(correct) before and after SFT; none: an empty slot) above
+    the trade-off: efficacy, and the p(correct) gain, against neighbourhood damage (Pareto front green, the
+    best pink, children at the same point listed together);
     activation-baseline children: the pass rate with its 95 % CI as an error bar."""
     import matplotlib
 
@@ -217,33 +218,41 @@ def plot_comparison(name: str, rows: list[dict[str, Any]], dest: Path | str) -> 
     base = [r.get("base_p_correct") or 0.0 for r in rows]
     tuned = [r.get("sft_p_correct") or 0.0 for r in rows]
     xs = range(len(rows))
-    fig, (ax, trade) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(rows) + 6.0), 4.2), dpi=100,
-                                    gridspec_kw={"width_ratios": [max(1.0, len(rows) / 4), 1.0]})
+    fig = plt.figure(figsize=(max(9.0, 0.9 * len(rows) + 3.0), 9.0), dpi=100)
+    ax = fig.add_subplot(2, 1, 1)
     ax.bar([x - 0.2 for x in xs], base, width=0.4, label="base p(correct)", color="#8da0cb")
     ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="SFT p(correct)", color="#66c2a5")
     for x, r in zip(xs, rows):
         note = "no target cases" if r.get("target_cases") == 0 else r["state"] if r["state"] != "Completed" else None
         if note:
             ax.text(x, 0.002, note, ha="center", va="bottom", fontsize=8, rotation=90)
-    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(list(xs), labels, rotation=25, ha="right", fontsize=7)
     ax.set_ylabel("mean p(correct answer), whole answer")
     ax.set_title(f"sweep {name}: base vs SFT", fontsize=10)
     ax.legend(fontsize=8)
-    # the editing trade-off: efficacy up, neighbourhood damage (1 - preservation) down
+    # the editing trade-off: efficacy (and the p(correct) gain) up, neighbourhood damage (1 - preservation) down
     front, best = tradeoff(rows)
-    for r in rows:
-        if r.get("efficacy") is None or r.get("neighbourhood") is None:
-            continue
-        x, y = 1 - r["neighbourhood"], r["efficacy"]
-        trade.scatter([x], [y], s=40, color="#e78ac3" if r["child"] == best else "#66c2a5" if r["child"] in front
-                      else "#b3b3b3", zorder=3)
-        trade.annotate(r["child"].split(" | ", 1)[-1], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    trade.set_xlim(-0.05, 1.05)
-    trade.set_ylim(-0.05, 1.05)
-    trade.set_xlabel("neighbourhood damage (share of neighbours moved)")
-    trade.set_ylabel("efficacy (share of seeds: p(correct) > p(wrong))")
-    trade.set_title("trade-off" + (f" (best: {best.split(' | ', 1)[-1]})" if best else ""), fontsize=9)
-    trade.grid(alpha=0.3)
+    points = [r for r in rows if r.get("efficacy") is not None and r.get("neighbourhood") is not None]
+    for col, (key, ylabel) in enumerate((("efficacy", "efficacy: share of seeds with p(correct) > p(wrong)"),
+                                         ("correct_gain", "mean gain in p(correct), whole answer")), start=3):
+        panel = fig.add_subplot(2, 2, col)
+        at: dict[tuple[float, float], list[str]] = {}
+        for r in points:
+            xy = (round(1 - r["neighbourhood"], 4), round(r.get(key) or 0.0, 4))
+            at.setdefault(xy, []).append(r["child"].split(" | ", 1)[-1])
+            panel.scatter([xy[0]], [xy[1]], s=50, zorder=3, alpha=0.8,
+                          color="#e78ac3" if r["child"] == best else "#66c2a5" if r["child"] in front else "#b3b3b3")
+        for (x, y), names in at.items():  # one label per point, listing every child that landed there
+            panel.annotate("\n".join(names), (x, y), fontsize=6, xytext=(4, -3), textcoords="offset points",
+                           va="top")
+        panel.set_xlim(-0.05, 1.05)
+        panel.set_xlabel("neighbourhood damage (share of neighbours moved)")
+        panel.set_ylabel(ylabel, fontsize=8)
+        panel.grid(alpha=0.3)
+    fig.axes[1].set_ylim(-0.05, 1.1)
+    fig.axes[1].set_title("efficacy vs damage" + (f" (best: {best.split(' | ', 1)[-1]}, pink; "
+                                                  "Pareto front green)" if best else ""), fontsize=9)
+    fig.axes[2].set_title("p(correct) gain vs damage", fontsize=9)
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
