@@ -180,6 +180,10 @@ def concept_sft(
                                             for r in e["runs"]]}
                                for e in experiments],
                "attribution": graphs, "attribution_after_sft": diffs}
+    for e in experiments:  # every seed's scores, text by text (prompt, paraphrases, neighbours), beside the table
+        for r in e["runs"]:
+            write_json(run_dir / "eval_sft" / f"{e['name']}-seed{r['seed']}.json",
+                       {"experiment": e["name"], "seed": r["seed"], "perplexity": r["perplexity"], "rows": r["rows"]})
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "results.md", results_markdown(summary))
     publish_results(summary, experiments, skipped)

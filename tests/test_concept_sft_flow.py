@@ -67,6 +67,8 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
     assert exp["neuron"] is None and exp["concept"] == "little things"  # no neuron was chosen: none recorded
     results = json.loads((tmp_path.parent / out["run_dir"] / "results.json").read_text())
     assert results["summary"] == out["summary"] and results["base_perplexity"] > 1
+    seed1 = json.loads((tmp_path.parent / out["run_dir"] / "eval_sft" / "case0-concept-seed1.json").read_text())
+    assert [r["kind"] for r in seed1["rows"]] == ["prompt", "paraphrase", "paraphrase", "neighbour", "neighbour"]
     [kept] = (tmp_path / "ckpt").glob("case0-concept-*")  # the first seed's checkpoint, for the attribution after SFT
     assert (kept / "seed0" / "model.safetensors").is_file() and not (kept / "seed1").exists()
     [diff] = out["attribution_after_sft"]

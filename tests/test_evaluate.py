@@ -136,3 +136,6 @@ def test_seeds_aggregate_to_mean_and_sd_and_a_shift_inside_the_spread_is_not_a_r
 def test_verdict(efficacy, paraphrase, expected):
     assert verdict(efficacy, paraphrase) == expected
     assert verdict(efficacy, paraphrase, base_efficacy=1.0) == "already right before SFT (in this format)"
+    moved = verdict(efficacy, paraphrase, neighbourhood=0.4)
+    assert moved == ("over-generalised (most neighbours moved)" if expected == "learned" else expected)
+    assert verdict(efficacy, paraphrase, neighbourhood=0.5) == expected

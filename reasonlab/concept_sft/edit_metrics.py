@@ -6,7 +6,8 @@
                       within a factor `tolerance` of the base's
     perplexity change SFT / base perplexity on general held-out text, minus 1
 Seeds: `aggregate` gives mean and sd (n - 1) of each figure over the repeats; `verdict` calls a case
-"learned" only when it flips on its paraphrases too, "memorised" when it flips on its own wording only.
+"learned" only when it flips on its paraphrases too and most neighbours hold, "memorised" when it flips on
+its own wording only, "over-generalised" when the neighbours moved with it.
 """
 
 from __future__ import annotations
@@ -68,15 +69,20 @@ def beyond_spread(values: list[float]) -> bool | None:
     return bool(abs(mean) > t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
 
 
-def verdict(efficacy: float | None, paraphrase: float | None, base_efficacy: float = 0.0) -> str:
-    """learned: flips on its prompt and on most paraphrases; memorised: on its own wording only."""
+def verdict(efficacy: float | None, paraphrase: float | None, base_efficacy: float = 0.0,
+            neighbourhood: float | None = None) -> str:
+    """learned: flips on its prompt and on most paraphrases, most neighbours holding; memorised: flips on its
+    own wording only; over-generalised: flips, but most neighbours moved too."""
     if base_efficacy >= 0.5:
         return "already right before SFT (in this format)"
     if not efficacy or efficacy < 0.5:
         return "not flipped"
     if paraphrase is None:
         return "flipped (no paraphrases to tell learned from memorised)"
-    return "learned" if paraphrase >= 0.5 else "memorised"
+    if paraphrase < 0.5:
+        return "memorised"
+    return "over-generalised (most neighbours moved)" if neighbourhood is not None and neighbourhood < 0.5 \
+        else "learned"
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -87,7 +93,7 @@ def aggregate(runs: list[dict]) -> dict:
     for fig in FIGURES:
         out[fig], out[fig + "_sd"] = mean_sd([r.get(fig) for r in runs])
     out["gain_beyond_spread"] = beyond_spread([r["correct_gain"] for r in runs])
-    out["verdict"] = verdict(out["efficacy"], out["paraphrase"], out.get("base_efficacy") or 0.0)
+    out["verdict"] = verdict(out["efficacy"], out["paraphrase"], out.get("base_efficacy") or 0.0, out["neighbourhood"])
     return out
 
 
