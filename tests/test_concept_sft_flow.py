@@ -101,7 +101,7 @@ def test_bad_inputs_fail_before_any_model_work(inputs, tmp_path):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), formats={"evaluation": ["chat"]})
     assert models.forward_passes() == forwards
     assert not (tmp_path / "ckpt").exists()
-    with pytest.raises(ReasonlabError, match="experiment.seeds must be an integer >= 1"):
+    with pytest.raises(ReasonlabError, match="experiment.seeds: must be an integer >= 1"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS), experiment={"seeds": 0})
     with pytest.raises(ReasonlabError, match="no-such-texts.yaml"):
         concept_sft(prompts=inputs["prompts"], sft_config=inputs["config"](CLEAN_TEXTS),

@@ -177,7 +177,7 @@ def test_a_neighbour_that_is_itself_a_target_is_refused(tmp_path):
 def test_fewer_than_one_seed_is_refused_by_name(seeds):
     from reasonlab.concept_sft.params import parse_group
 
-    with pytest.raises(ReasonlabError, match=f"experiment.seeds must be an integer >= 1 .*got {seeds!r}"):
+    with pytest.raises(ReasonlabError, match=f"experiment.seeds: must be an integer >= 1 .*got {seeds!r}"):
         parse_group("experiment", {"seeds": seeds})
     assert parse_group("experiment", {"seeds": 1}).seeds == 1
     with pytest.raises(ReasonlabError, match="unknown text set 'shuffled'"):

@@ -114,7 +114,7 @@ def results_markdown(summary: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in summary:
         spread = r["gain_beyond_spread"]
-        cells = [r["case"], r.get("text_set", "concept"), r["format"], (r["wrong_word"] or "").strip(), r["answer"],
+        cells = [r["case"], r.get("text_set") or "—", r["format"], (r["wrong_word"] or "").strip(), r["answer"],
                  str(r["seeds"]), f"{r['base_p_wrong']:.1%}", f"{r['base_p_correct']:.1%}",
                  _pm(r["p_wrong"], r["p_wrong_sd"], digits=1), _pm(r["p_correct"], r["p_correct_sd"], digits=1),
                  _pm(r["efficacy"], r["efficacy_sd"]), _pm(r["paraphrase"], r["paraphrase_sd"]),

@@ -124,8 +124,7 @@ class ExperimentParams(Group):
     @classmethod
     def _seeds(cls, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ReasonlabError(f"experiment.seeds must be an integer >= 1 (SFT repeats per experiment), "
-                                 f"got {value!r}")
+            raise ReasonlabError(f"must be an integer >= 1 (the SFT repeats per experiment), got {value!r}")
         return value
 
 
