@@ -95,7 +95,7 @@ def concept_sft(
     rows = stages.load_prompts(prompts_path)
     run_dir = paths.runs_dir() / "concept_sft" / sha256_json(
         [base.fingerprint, rows, config.model_dump(), filter.top_k, filter.max_rank, formats.filter, formats.evaluation,
-         formats.answer_prefix, experiment.model_dump(), inputs.text_sets]
+         formats.answer_prefix, experiment.model_dump(), {k: v.model_dump() for k, v in inputs.text_sets.items()}]
     )[:16]
 
     # Stage 2 - top-k filter
@@ -132,8 +132,7 @@ def concept_sft(
     publish_attribution(graphs, candidates, labelled=concept.label)
 
     # Stage 5 - one experiment per target case (or one joint) x text set, texts leak-checked
-    text_sets = load_text_sets(paths.find_input(experiment.texts)) if experiment.texts else {}
-    experiments, skipped = plan_experiments(cases, text_sets, config.texts, joint=experiment.joint,
+    experiments, skipped = plan_experiments(cases, inputs.text_sets, config.texts, joint=experiment.joint,
                                             text_sets_wanted=experiment.text_sets, neuron=concept.neuron,
                                             concept=concept.name)
     if concept.interactive:
@@ -217,7 +216,7 @@ class Inputs:
     prompts_path: Path
     base: ResolvedModel
     attr_fmt: str
-    text_sets: dict  # the text-set file's entries as plain data (part of the run's key)
+    text_sets: dict  # normalized prompt -> CaseTexts, from the text-set file
 
 
 def check_inputs(prompts: str = DEFAULT_PROMPTS, sft_config: str = DEFAULT_SFT_CONFIG, model: str | None = None,
@@ -242,7 +241,7 @@ def check_inputs(prompts: str = DEFAULT_PROMPTS, sft_config: str = DEFAULT_SFT_C
     attr_fmt = formats.attribution or formats.filter  # the graph explains the error where the filter found it
     sft_format = ["chat"] if config.use_chat_template else []
     require_formats(load_tokenizer(base), [formats.filter, *formats.evaluation, attr_fmt, *sft_format], base.name)
-    return Inputs(parsed, config, prompts_path, base, attr_fmt, {k: v.model_dump() for k, v in text_sets.items()})
+    return Inputs(parsed, config, prompts_path, base, attr_fmt, text_sets)
 
 
 class ConceptChoice(RunInput):
