@@ -1,9 +1,11 @@
 """One SFT experiment of the study: train on one text set with one seed, score the tuned model, keep the figures.
 
-    run_experiment(base, config, texts, cases, ["completion"], "runs/x/case0-concept/seed0", heldout=paragraphs)
+    run_experiment(base, config.model_copy(update={"texts": texts, "seed": 0}), cases, ["completion"],
+                   "runs/concept_sft/sft/case0-concept-<key>/seed0", heldout=paragraphs)
 
 The checkpoint is kept (at `output_dir`) only with `keep_checkpoint` (a study makes many; the attribution
-after SFT needs one); otherwise it lives in a scratch folder until scored. The result holds everything the summary needs, so a cached rerun needs no weights.
+after SFT needs one); otherwise it lives in a scratch folder until scored. The result holds everything the
+summary needs, so a cached rerun needs no weights.
 """
 
 from __future__ import annotations
