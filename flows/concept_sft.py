@@ -27,7 +27,7 @@ from reasonlab.concept_sft.concepts import candidates_markdown
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import sha256_json, write_json, write_text
 from reasonlab.models import ResolvedModel, load_tokenizer, resolve_model
-from reasonlab.concept_sft.edit_metrics import aggregate, case_figures, ppl_change, results_markdown
+from reasonlab.concept_sft.edit_metrics import results_markdown, summarize
 from reasonlab.concept_sft.evaluate import load_heldout
 from reasonlab.concept_sft.params import (AttributionParams, ConceptParams, ExperimentParams, FilterParams,
                                           FormatParams, GenerationParams, LLMParams, GROUPS, parse_group)
@@ -157,7 +157,9 @@ def concept_sft(
             formats.evaluation, str(folder / f"seed{seed}"), heldout,
             keep_checkpoint=seed == 0 and e["text_set"] == "concept" and experiment.attribution_after,
             **eval_args) for seed in range(experiment.seeds)]
-    summary = summarize(base_eval, experiments, experiment.neighbour_tolerance)
+    summary = [{**row, "experiment": e["name"], "train_tokens": e["runs"][0]["train_tokens"]} for e in experiments
+               for row in summarize(base_eval, e["runs"], e["cases"], formats.evaluation,
+                                    experiment.neighbour_tolerance, e["text_set"])]
 
     # After SFT - the same attribution graph on the first seed's concept model, diffed against the base graph
     diffs = []
@@ -190,23 +192,6 @@ def concept_sft(
     print("\n" + results_markdown(summary))
     return {"run_dir": str(run_dir), "target_cases": len(cases), "summary": summary, "skipped": skipped,
             "experiments": results["experiments"], "attribution": graphs, "attribution_after_sft": diffs}
-
-
-def summarize(base_eval: dict, experiments: list[dict], tolerance: float) -> list[dict]:
-    """Per experiment, case and format: the edit measures of every seed, aggregated (mean ± sd)."""
-    rows_of = lambda rows, case, fmt: [r for r in rows if r["case"] == case and r["format"] == fmt]  # noqa: E731
-    summary = []
-    for e in experiments:
-        for case in e["cases"]:
-            for fmt in dict.fromkeys(r["format"] for r in base_eval["rows"]):
-                per_seed = [{**case_figures(rows_of(base_eval["rows"], case["prompt"], fmt),
-                                            rows_of(run["rows"], case["prompt"], fmt), tolerance),
-                             "ppl_change": ppl_change(base_eval["perplexity"], run["perplexity"]),
-                             "text_set": e["text_set"]}
-                            for run in e["runs"]]
-                summary.append({**aggregate(per_seed), "experiment": e["name"],
-                                "train_tokens": e["runs"][0]["train_tokens"]})
-    return summary
 
 
 @dataclass

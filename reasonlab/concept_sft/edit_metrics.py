@@ -97,6 +97,20 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
+def summarize(base: dict, runs: list[dict], cases: list[dict], formats: list[str], tolerance: float = 2.0,
+              text_set: str | None = None) -> list[dict]:
+    """Per case and format, the figures of every run (a seed) against the base, aggregated.
+
+    `base` and each of `runs`: {"rows": evaluation rows of the same texts, "perplexity": held-out}."""
+    def of(rows: list[dict], case: dict, fmt: str) -> list[dict]:
+        return [r for r in rows if r["case"] == case["prompt"] and r["format"] == fmt]
+
+    return [aggregate([{**case_figures(of(base["rows"], case, fmt), of(run["rows"], case, fmt), tolerance),
+                        "ppl_change": ppl_change(base["perplexity"], run["perplexity"]), "text_set": text_set}
+                       for run in runs])
+            for case in cases for fmt in formats]
+
+
 def _pm(mean: float | None, sd: float | None, pct: bool = True, digits: int = 0) -> str:
     if mean is None:
         return "—"

@@ -233,13 +233,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
                         "perplexity": perplexity(model, tokenizer, heldout)}
     result = dict(scored)
     if args.base:
-        of = lambda rows, c, f: [r for r in rows if r["case"] == c["prompt"] and r["format"] == f]  # noqa: E731
-        result["figures"] = [M.aggregate([{**M.case_figures(of(scored["base"]["rows"], c, f),
-                                                            of(scored["model"]["rows"], c, f),
-                                                            args.neighbour_tolerance),
-                                           "ppl_change": M.ppl_change(scored["base"]["perplexity"],
-                                                                      scored["model"]["perplexity"])}])
-                             for c in cases for f in args.formats]
+        result["figures"] = M.summarize(scored["base"], [scored["model"]], cases, args.formats,
+                                        args.neighbour_tolerance)
     out = Path(args.output or Path(args.prompts).with_suffix(".eval.json"))
     write_json(out, result)
     for r in scored["model"]["rows"]:
