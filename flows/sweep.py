@@ -28,7 +28,7 @@ from reasonlab.io import write_json
 from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
                              parse_sweep, plot_comparison)
 from tasks.run_info import read_flow_run
-from tasks.artifacts import url_for
+from tasks.artifacts import image_markdown, url_for
 
 
 async def run_child(deployment: str, child: dict[str, Any], sweep_name: str, poll_s: float) -> dict[str, Any]:
@@ -83,11 +83,12 @@ async def model_sweep(
 
     rows = comparison_rows(list(results))
     out_dir = paths.runs_dir() / "sweeps" / spec.name
-    png = plot_comparison(spec.name, rows, out_dir / "comparison.png")
+    png = plot_comparison(spec.name, spec.deployment, rows, out_dir / "comparison.png")
     write_json(out_dir / "comparison.json", {"sweep": spec.__dict__, "children": list(results), "rows": rows})
     await acreate_table_artifact(rows, key="model-sweep-comparison",
                                 description=f"Sweep {spec.name}: one row per child run")
-    await acreate_markdown_artifact(comparison_markdown(spec.name, rows, png), key="model-sweep-report")
+    await acreate_markdown_artifact(comparison_markdown(spec.name, spec.deployment, rows,
+                                                         image_markdown(png, "sweep comparison")), key="model-sweep-report")
     if url_for(png):
         await acreate_image_artifact(image_url=url_for(png), key="model-sweep-plot", description=f"Sweep {spec.name}")
     failed = [r["child"] for r in rows if r["state"] != "Completed"]

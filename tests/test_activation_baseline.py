@@ -384,7 +384,8 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
     assert rows[1]["mean_completion_tokens"] == pytest.approx(base_ds["completion_tokens"].mean(), abs=0.01)
     n_err = (~base_ds["pass"]).sum()
     assert sum(int(x.rsplit(" ", 1)[1]) for x in rows[1]["error_types"].split(", ")) == n_err
-    md = comparison_markdown("iv", rows, plot_comparison("iv", rows, tmp_path / "iv.png"))
+    deployment = "activation-baseline/activation-baseline"
+    md = comparison_markdown("iv", deployment, rows, str(plot_comparison("iv", deployment, rows, tmp_path / "iv.png")))
     assert "pass_rate_ci95_low" in md and "| qwen2 \\| default | Completed |" in md
     assert (tmp_path / "iv.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -10,8 +10,10 @@ from deployments.setup import SetupConfig, parse_models, pool_envs, process_job_
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import resolve_model
-from flows.sweep_spec import (child_metrics, comparison_markdown, comparison_rows, load_sweep, parse_sweep,
-                             plot_comparison)
+from flows.sweep_spec import comparison_markdown, comparison_rows, load_sweep, parse_sweep, plot_comparison
+from reasonlab.concept_sft.sweep_metrics import child_metrics
+
+CONCEPT = "concept-sft/concept-sft"
 
 
 def test_repo_sweep_definitions_are_valid():
@@ -64,18 +66,18 @@ def test_comparison_table_and_plot(tmp_path):
             "neighbourhood": 1.0, "ppl_change": 0.03}]
     children = [
         {"label": "m1 | d", "model": "m1", "set": "d", "state": "Completed", "flow_run_name": "r1", "duration_s": 3.0,
-         "task_states": {"a-0": "Cached", "b-0": "Completed"}, "metrics": child_metrics(filt, res)},
+         "task_states": {"a-0": "Cached", "b-0": "Completed"}, "metrics": child_metrics({"concept-sft-filter": filt, "concept-sft-results": res})},
         {"label": "m2 | d", "model": "m2", "set": "d", "state": "Completed", "flow_run_name": "r2", "duration_s": 1.0,
-         "task_states": {"a-0": "Cached"}, "metrics": child_metrics([{"kept": "no: x"}], None)},
+         "task_states": {"a-0": "Cached"}, "metrics": child_metrics({"concept-sft-filter": [{"kept": "no: x"}]})},
     ]
     rows = comparison_rows(children)
     assert rows[0]["target_cases"] == 1 and rows[0]["correct_gain"] == pytest.approx(0.3)
     assert (rows[0]["efficacy"], rows[0]["paraphrase"], rows[0]["neighbourhood"]) == (0.5, 0.5, pytest.approx(0.9))
     assert (rows[0]["tasks"], rows[0]["tasks_cached"]) == (2, 1)
     assert rows[1]["target_cases"] == 0 and rows[1]["sft_p_correct"] is None
-    png = plot_comparison("demo", rows, tmp_path / "out" / "c.png")
+    png = plot_comparison("demo", CONCEPT, rows, tmp_path / "out" / "c.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and not list((tmp_path / "out").glob(".*"))
-    md = comparison_markdown("demo", rows, png)
+    md = comparison_markdown("demo", CONCEPT, rows, f"![plot]({png})")
     assert ("| m1 \\| d | Completed | 3.0000 | 1 | 2 | 1 | 0.1000 | 0.4000 | 0.3000 | 0.5000 | 0.5000 | 0.9000 "
             "| 0.0200 |") in md
     assert "| m2 \\| d | Completed | 1.0000 | 1 | 1 | 0 | — | — | — | — | — | — | — |" in md
@@ -83,7 +85,7 @@ def test_comparison_table_and_plot(tmp_path):
 
 
 def test_tradeoff_front_and_best():
-    from flows.sweep_spec import tradeoff
+    from reasonlab.concept_sft.sweep_metrics import tradeoff
 
     rows = [{"child": "a", "efficacy": 1.0, "neighbourhood": 0.4, "correct_gain": .3},   # on the front
             {"child": "b", "efficacy": 0.67, "neighbourhood": 1.0, "correct_gain": .1},  # best: 0.67 - 0 > 1 - 0.6
@@ -116,3 +118,10 @@ def test_setup_pieces():
     template = process_job_template(envs["gpu"])
     assert template["variables"]["properties"]["env"]["default"]["CUDA_VISIBLE_DEVICES"] == "1"
     assert template["job_configuration"]["env"] == "{{ env }}"
+
+
+def test_an_unknown_flow_has_no_sweep_figures():
+    from flows.sweep_spec import sweep_metrics
+
+    with pytest.raises(ReasonlabError, match="no sweep figures for flow 'nope'"):
+        sweep_metrics("nope/nope")
