@@ -10,35 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from reasonlab.concept_sft.attribution import METHODS, PRUNE_MODES, check_tau
 from reasonlab.concept_sft.text_sets import TEXT_SETS
-from reasonlab.errors import ReasonlabError, check_model
+from reasonlab.errors import ReasonlabError
+from reasonlab.params import Group, one_of, parse_group as parse_any_group
 from reasonlab.prompt_format import FORMATS
-
-
-def one_of(what: str, choices: tuple[str, ...]) -> BeforeValidator:
-    """The project's message for a value outside `choices` (checked before pydantic's own enum check)."""
-
-    def check(value: Any) -> Any:
-        if value not in choices:
-            raise ReasonlabError(f"unknown {what} {value!r}: use one of {choices}")
-        return value
-
-    return BeforeValidator(check)
 
 
 Format = Annotated[Literal[FORMATS], one_of("prompt format", FORMATS)]
 PruneMode = Annotated[Literal[PRUNE_MODES], one_of("pruning mode", PRUNE_MODES)]
 Method = Annotated[Literal[METHODS], one_of("attribution method", METHODS)]
 TextSetName = Annotated[Literal[TEXT_SETS], one_of("text set", TEXT_SETS)]
-
-
-class Group(BaseModel):
-    """A parameter group: unknown fields are errors, so a typo is never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class FilterParams(Group):
@@ -153,5 +137,4 @@ GROUPS: dict[str, type[Group]] = {"filter": FilterParams, "formats": FormatParam
 
 def parse_group(name: str, value: Any) -> Any:
     """The group `name` from a model, a (partial) mapping or None (all defaults); one error naming the field."""
-    model = GROUPS[name]
-    return model() if value is None else check_model(model, value, "concept-sft parameters", prefix=name)
+    return parse_any_group(GROUPS, name, value, "concept-sft parameters")
