@@ -1,12 +1,15 @@
-"""reasonlab's command line for set-up work outside flows.
+"""reasonlab's command line: set-up work, and each pipeline's stages run alone, under the pipeline's name.
 
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
-    reasonlab library generate nephrology --output my_library.yaml   # LLM-written entries (REASONLAB_LLM_* env)
-    reasonlab filter --input data/target_prompts.json --output filtered.json   # concept-SFT stages alone:
-    reasonlab attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR    # see concept_sft/stage_cli.py
-    reasonlab sft --config my_sft.yaml
-    reasonlab evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
+    reasonlab concept-sft filter --input data/target_prompts.json --output filtered.json   # concept-SFT stages
+    reasonlab concept-sft attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR  # (concept_sft/stage_cli.py)
+    reasonlab concept-sft sft --config my_sft.yaml
+    reasonlab concept-sft evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
+    reasonlab instruction-retrieval library generate nephrology --output my_library.yaml   # LLM-written entries
+
+The whole pipelines are flows: `python -m flows.<pipeline> --help`. The older spellings `reasonlab filter |
+attribute | sft | evaluate` and `reasonlab library generate` still work.
 """
 
 from __future__ import annotations
@@ -60,27 +63,39 @@ def library_generate(domains: list[str], library: str, output: str, hints: list[
     print(f"wrote {out} ({len(lib)} domains)")
 
 
+# the older spellings: `reasonlab filter ...` is `reasonlab concept-sft filter ...`
+ALIASES = {**{name: "concept-sft" for name in stage_cli.COMMANDS}, "library": "instruction-retrieval"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="reasonlab")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ALIASES:
+        argv.insert(0, ALIASES[argv[0]])
+    parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.split("\n\n")[0],
+                                     epilog="Every pipeline as a whole: python -m flows.<pipeline> --help")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
     models.add_parser("list", help="registry entries and where each comes from")
     setup = models.add_parser("setup", help="make models available offline (default: the default model)")
     setup.add_argument("names", nargs="*")
     setup.add_argument("--source", default="offline", choices=["auto", "hub", "offline", "local"])
-    library = sub.add_parser("library", help="the instruction library").add_subparsers(dest="action", required=True)
+    concept = sub.add_parser("concept-sft", help="the concept-SFT stages alone (filter, attribute, sft, evaluate)")
+    stage_cli.add_commands(concept.add_subparsers(dest="stage", required=True))
+    retrieval = sub.add_parser("instruction-retrieval", help="the instruction-retrieval pipeline's library tools")
+    retrieval_sub = retrieval.add_subparsers(dest="tool", required=True)
+    library = retrieval_sub.add_parser("library", help="the instruction library").add_subparsers(dest="action",
+                                                                                                 required=True)
     gen = library.add_parser("generate", help="LLM-written entries for new domains (endpoint: REASONLAB_LLM_* env)")
     gen.add_argument("domains", nargs="+")
     gen.add_argument("--library", default="data/instruction_library.yaml")
     gen.add_argument("--output", required=True, help="the new library file (the old entries + the new ones)")
     gen.add_argument("--hint", action="append", default=[], help="DOMAIN=what it covers (repeatable)")
     gen.add_argument("--attempts", type=int, default=3)
-    stage_cli.add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command in stage_cli.COMMANDS:
-            stage_cli.COMMANDS[args.command](args)
-        elif args.command == "library":
+        if args.command == "concept-sft":
+            stage_cli.COMMANDS[args.stage](args)
+        elif args.command == "instruction-retrieval":
             library_generate(args.domains, args.library, args.output, args.hint, args.attempts)
         elif args.action == "list":
             models_list()

@@ -6,22 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from reasonlab.concept_sft import attribution_diff as ad
+from reasonlab.concept_sft import attribution, attribution_diff as ad
 from reasonlab.concept_sft import attribution_graph as ag
 from reasonlab.concept_sft import concepts
+from reasonlab.concept_sft.concepts import candidates_markdown
+from reasonlab import paths
+from reasonlab.concept_sft.run_record import attribution_key
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.llm_client import EndpointConfig
-from reasonlab.models import ResolvedModel, load_model
+from reasonlab.models import ResolvedModel, load_model, resolve_model
+from tasks.artifacts import image_markdown, publish_image, url_for
 from tasks.conventions import task_options
-from tasks.prompt_generation import open_client
+from tasks.prompt_generation import open_client, resolve_endpoint
 
 
 @task(name="attribution", **task_options(ag.VERSION + "." + concepts.VERSION, gpu=True, retries=1))
 def attribute_case(model: ResolvedModel, case: dict, out_dir: str, fmt: str = "chat", system_prompt: str = "",
                    answer_prefix: str = " Answer:", contrastive: list[str] | None = None, tau: float = 0.05,
-                   prune_mode: str = "max", method: str = "act_x_grad", max_nodes: int = 30,
+                   prune_mode: str = attribution.PRUNE_MODE, method: str = "act_x_grad", max_nodes: int = 30,
                    n_prompt_nodes: int = 8, ablate_top: int = 20, device: str = "auto", dtype: str = "auto",
                    counterfactual: str | None = None) -> dict:
     """Stage 3: graph.json / graph.png / graph.html under out_dir for one target case; returns the summary.
@@ -53,7 +58,7 @@ def attribute_case(model: ResolvedModel, case: dict, out_dir: str, fmt: str = "c
 @task(name="attribution-diff", **task_options(ag.VERSION + "." + ad.VERSION, gpu=True, retries=1))
 def attribution_diff(base: ResolvedModel, graph_file: Path, sft: ResolvedModel, out_dir: str, fmt: str = "chat",
                      system_prompt: str = "", answer_prefix: str = " Answer:", contrastive: list[str] | None = None,
-                     tau: float = 0.05, prune_mode: str = "max", method: str = "act_x_grad", max_nodes: int = 30,
+                     tau: float = 0.05, prune_mode: str = attribution.PRUNE_MODE, method: str = "act_x_grad", max_nodes: int = 30,
                      n_prompt_nodes: int = 8, ablate_top: int = 20, top_k: int = 10, device: str = "auto",
                      dtype: str = "auto") -> dict:
     """After SFT: the base graph's nodes re-attributed on the SFT model (diff.json, diff.md) and the SFT model's
@@ -113,3 +118,72 @@ def label_concepts(endpoint: EndpointConfig, candidates: list[dict], key_block: 
         labels = [(client.chat(concepts.label_messages(c, c["contexts"]), label="concept-label", max_tokens=24,
                                temperature=0.0).content or "").strip().splitlines()[0:1] for c in candidates]
     return [{**c, "label": (lab[0].strip(" .\"'") if lab else None)} for c, lab in zip(candidates, labels)]
+
+
+def graph_arguments(fmt: str, config, answer_prefix: str, attribution) -> dict:
+    """The attribution settings every graph of a run shares (base and after SFT alike)."""
+    a = attribution
+    return dict(fmt=fmt, system_prompt=config.system_prompt, answer_prefix=answer_prefix, contrastive=a.contrastive,
+                tau=a.tau, prune_mode=a.prune_mode, method=a.method, max_nodes=a.max_nodes, device=config.device,
+                dtype=config.dtype)
+
+
+def attribute_cases(base: ResolvedModel, cases: list[dict], run_dir: Path, graph_args: dict, concept,
+                    llm) -> tuple[list[dict], list[list[dict]]]:
+    """Stages 3-4 for each case: its graph (+ activation patching from the row's counterfactual, when it has one),
+    its concept candidates with their top corpus contexts, optionally LLM labels; then published."""
+    graphs, candidates = [], []
+    for case in cases:
+        out_dir = run_dir / "attribution" / attribution_key(case, graph_args)
+        graphs.append(attribute_case(base, case, str(out_dir), counterfactual=case.get("counterfactual"),
+                                     **graph_args))
+        candidates.append(concept_candidates(
+            base, Path(graphs[-1]["files"]["json"]), str(out_dir / "candidates.json"),
+            corpus=paths.find_input(concept.corpus) if concept.corpus else None,
+            device=graph_args["device"], dtype=graph_args["dtype"]))
+    if concept.label and candidates:
+        endpoint = resolve_endpoint(llm.endpoint, llm.local_model)
+        candidates = [label_concepts(endpoint, c, key_block=llm.endpoint) for c in candidates]
+    publish_attribution(graphs, candidates, labelled=concept.label)
+    return graphs, candidates
+
+
+def diffs_after_sft(base: ResolvedModel, graphs: list[dict], experiments: list[dict], graph_args: dict) -> list[dict]:
+    """Each graph re-attributed on the first seed's concept model of its case, diffed against the base graph."""
+    diffs = []
+    for g in graphs:
+        e = next((e for e in experiments if e["text_set"] == "concept"
+                  and any(c["prompt"] == g["prompt"] for c in e["cases"])), None)
+        if e and e["runs"][0]["checkpoint"]:
+            diffs.append(attribution_diff(base, Path(g["files"]["json"]), resolve_model(e["runs"][0]["checkpoint"]),
+                                          str(Path(g["files"]["json"]).parent / f"after_{e['name']}"), **graph_args))
+    return diffs
+
+
+def publish_attribution(graphs: list[dict], candidates: list[list[dict]], labelled: bool) -> None:
+    if not graphs:
+        return
+    no_label = "(not labelled: run with --label-concepts and an LLM)" if not labelled else "(the LLM gave no label)"
+    create_table_artifact(
+        [{"prompt": g["prompt"], "contrastive": " vs ".join(map(repr, g["contrastive"])),
+          "logit diff": round(g["logit_diff"], 4), "nodes": g["nodes"], "edges": g["edges"],
+          "ablation rho (top %d)" % g["ablated"]: None if g["spearman"] is None else round(g["spearman"], 3),
+          "top node": g["top_nodes"][0]["id"] if g["top_nodes"] else "(no node above tau)",
+          "picture": url_for(g["files"]["png"]) or g["files"]["png"]}
+         for g in graphs], key="concept-sft-attribution", description="Stage 3: contrastive attribution graphs")
+    create_table_artifact(
+        [{"prompt": g["prompt"], "rank": i, "neuron": c["id"], "token": c["token"], "influence": round(c["influence"], 4),
+          "label": c.get("label") or no_label,
+          "top context": c["contexts"][0]["text"] if c["contexts"] else "(no corpus context activates it)"}
+         for g, cs in zip(graphs, candidates) for i, c in enumerate(cs, 1)],
+        key="concept-sft-candidates", description="Stage 4: intermediate-concept candidates")
+    create_markdown_artifact(
+        "# Attribution and concept candidates\n\n" + "\n".join(
+            f"{image_markdown(g['files']['png'], 'attribution graph')}\n\n"
+            f"`{g['files']['png']}` / `{g['files']['html']}`\n\n"
+            + candidates_markdown({"prompt": g["prompt"], "metric": g["metric"], "logit_diff": g["logit_diff"],
+                                   "contrastive": g["contrastive"]}, cs)
+            for g, cs in zip(graphs, candidates)), key="concept-sft-attribution-report")
+    for i, g in enumerate(graphs):
+        publish_image(g["files"]["png"], key=f"concept-sft-attribution-graph-{i}",
+                      description=f"Attribution graph: {g['prompt']}")

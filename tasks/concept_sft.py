@@ -1,4 +1,4 @@
-"""The concept-SFT units of work as Prefect tasks."""
+"""The concept-SFT units of work as Prefect tasks, and what the flow publishes of them."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
+from reasonlab import paths
 from reasonlab.concept_sft import evaluate, experiment, prompts, sft_trainer, topk_filter, training_texts
+from reasonlab.concept_sft.edit_metrics import results_markdown
+from reasonlab.concept_sft.run_record import experiment_folder
+from reasonlab.concept_sft.sft_config import SFTConfig, parse_sft_config
+from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel, load_model
-from reasonlab.concept_sft.sft_config import parse_sft_config
+from tasks.artifacts import publish_run_folder
 from tasks.conventions import task_options
+from tasks.prompt_generation import generate_prompts, resolve_endpoint
 
 
 @task(name="load-prompts", **task_options("1"))
@@ -24,7 +31,7 @@ def load_prompts(path: Path) -> list[dict]:
 @task(name="topk-filter", **task_options(topk_filter.VERSION, gpu=True, retries=1))
 def filter_prompts(model: ResolvedModel, rows: list[dict], out_file: str, k: int = 10, max_rank: int = 5,
                    fmt: str = "completion", system_prompt: str = "", answer_prefix: str = " Answer:",
-                   device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> dict:
+                   device: str = "auto", dtype: str = "auto", batch_size: int = topk_filter.BATCH_SIZE) -> dict:
     """Stage 2: target cases (top-1 clearly wrong, answer at rank 2..max_rank); writes `out_file`."""
     lm, tokenizer = load_model(model, device, dtype)
     items = [prompts.PromptItem(**r) for r in rows]
@@ -77,3 +84,56 @@ def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], 
     result = {"rows": rows, "perplexity": evaluate.perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
     write_json(out_file, {"model": model.to_dict(), **result})
     return result
+
+
+def generate_prompt_file(generation, llm) -> Path:
+    """Stage 1 by an LLM: the generated prompts file (one clear error if no endpoint is configured or none passed)."""
+    endpoint = resolve_endpoint(llm.endpoint, llm.local_model)
+    prompts_path = paths.runs_dir() / "prompt_generation" / f"{generation.domain}_prompts.json"
+    generated = generate_prompts(endpoint, {"n": generation.n, "batches": generation.batches,
+                                            "domain": generation.domain}, str(prompts_path), key_block=llm.endpoint)
+    if generated["accepted"] == 0:
+        raise ReasonlabError(f"prompt generation accepted no prompts; see the reasons in {prompts_path}")
+    return prompts_path
+
+
+def run_experiments(base: ResolvedModel, experiments: list[dict], config: SFTConfig, heldout: Path, formats,
+                    k: int, settings) -> None:
+    """Stages 6-7 for every experiment and seed (each a cached task); sets each experiment's `runs`."""
+    sft_dir = Path(config.output_dir) if config.output_dir else paths.runs_dir() / "concept_sft" / "sft"
+    for e in experiments:
+        trained = config.model_copy(update={"texts": e["texts"], "output_dir": None})
+        folder = experiment_folder(sft_dir, base.fingerprint, trained.model_dump(), e)
+        keep = e["text_set"] == "concept" and settings.attribution_after
+        e["runs"] = [sft_experiment(base, trained.model_copy(update={"seed": seed}).model_dump(), e["cases"],
+                                    formats.evaluation, str(folder / f"seed{seed}"), heldout,
+                                    keep_checkpoint=keep and seed == 0, answer_prefix=formats.answer_prefix, k=k)
+                     for seed in range(settings.seeds)]
+
+
+def publish_filter(filtered: dict) -> None:
+    rows = [{"prompt": c["prompt"], "wrong (greedy)": f"{c['wrong_word'].strip()!r} {c['p_wrong']:.1%}",
+             "correct": f"{c['answer']!r} {c['p_correct']:.1%} (first token {c['p_correct_first']:.1%})",
+             "rank": c["correct_rank"], "kept": "yes"}
+            for c in filtered["target_cases"]]
+    rows += [{"prompt": r["prompt"], "wrong (greedy)": f"{(r.get('wrong_word') or r['top_k'][0]['token']).strip()!r}",
+              "correct": r["answer"], "rank": r["correct_rank"], "kept": f"no: {r['reason']}"}
+             for r in filtered["rejected"]]
+    create_table_artifact(rows, key="concept-sft-filter", description="Top-k filter (whole answers): target cases "
+                                                                      "and rejections")
+
+
+def publish_results(summary: list[dict], experiments: list[dict], skipped: list[dict], run_dir: Path) -> None:
+    """The results table and report artifacts, the run folder's link, and the table on the console."""
+    create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary],
+                          key="concept-sft-results",
+                          description="Per case, text set and format: efficacy, paraphrases, neighbourhood, "
+                                      "perplexity change (mean and sd over seeds)")
+    lines = [f"- `{e['name']}`: concept {e['concept'] or '(none named)'!r}, neuron {e['neuron'] or 'none chosen'}, "
+             f"{len(e['texts'])} texts, {e['runs'][0]['train_tokens'] if e['runs'] else '?'} tokens per epoch, "
+             f"seeds {[r['seed'] for r in e['runs']]}" for e in experiments]
+    lines += [f"- skipped `{s['case']}` ({s['text_set']}): {s['reason']}" for s in skipped]
+    create_markdown_artifact(f"# Concept SFT\n\n{results_markdown(summary)}\n## Experiments\n\n" + "\n".join(lines)
+                             + "\n", key="concept-sft-report")
+    publish_run_folder(run_dir, key="concept-sft-run-folder", description="The run's files: tables, graphs, checkpoint")
+    print("\n" + results_markdown(summary))

@@ -1,8 +1,10 @@
 """The design card's rules: `reasonlab/` is a plain library that never loads Prefect, one subpackage per pipeline."""
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import reasonlab
 
@@ -33,3 +35,41 @@ def test_one_subpackage_per_pipeline_each_saying_what_it_is():
     for name in [*PIPELINES, "reasonlab.models"]:
         package = __import__(name, fromlist=["_"])
         assert package.__doc__ and package.__doc__.strip(), f"{name}/__init__.py has no docstring"
+
+
+REPO = Path(reasonlab.__file__).resolve().parents[1]
+FORBIDDEN_FOR_LIBRARY = ("prefect", "blocks", "tasks", "flows", "deployments")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every module an import statement names, at any depth (inside functions too), with its line."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [(node.lineno, node.module)]
+    return out
+
+
+def test_the_scan_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from blocks.llm_endpoint import X\n    import prefect.artifacts\n")
+    assert imported_modules(source) == [(2, "blocks.llm_endpoint"), (3, "prefect.artifacts")]
+
+
+def test_library_never_reaches_prefect_or_the_orchestration_even_inside_functions():
+    bad = [f"{p.relative_to(REPO)}:{line} imports {name}"
+           for p in sorted((REPO / "reasonlab").rglob("*.py"))
+           for line, name in imported_modules(p) if name.split(".")[0] in FORBIDDEN_FOR_LIBRARY]
+    assert not bad, "reasonlab/ must take plain data, never Prefect or blocks/tasks/flows:\n" + "\n".join(bad)
+
+
+def test_no_pipeline_imports_another():
+    names = [p.split(".")[1] for p in PIPELINES]
+    bad = []
+    for own in names:
+        for p in sorted((REPO / "reasonlab" / own).rglob("*.py")):
+            bad += [f"{p.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(p)
+                    if name.startswith("reasonlab.") and name.split(".")[1] in names and name.split(".")[1] != own]
+    assert not bad, "a pipeline imports another (move what they share to the core):\n" + "\n".join(bad)

@@ -14,8 +14,8 @@ An edge is the first-order share of the downstream node's influence that flows t
 node, over every path (total effect, not only the direct path): one backward per kept downstream node.
 
 Pruning (`prune_nodes`), with tau in (0, 1):
-    "total"       keep a node when |I| >= tau * sum |I| over all nodes (the seed's `--tau`, the default)
-    "max"         keep a node when |I| >= tau * max |I|
+    "max"         keep a node when |I| >= tau * max |I| (the default everywhere: parameters, task, CLI)
+    "total"       keep a node when |I| >= tau * sum |I| over all nodes (the concept-SFT study's `--tau`)
     "cumulative"  keep the fewest top nodes whose |I| sum reaches (1 - tau) of the total (circuit-tracer's)
 then at most `max_nodes`, largest |I| first. Pure functions on tensors; persistence is in
 `attribution_graph.py`, and nothing here imports Prefect.
@@ -37,6 +37,7 @@ VERSION = "1"
 HOOK = "blocks.{layer}.mlp.hook_post"  # the input of layer {layer}'s MLP down-projection
 METHODS = ("act_x_grad", "integrated_gradients")
 PRUNE_MODES = ("total", "max", "cumulative")
+PRUNE_MODE = "max"
 
 
 # ---------------------------------------------------------------------------- model plumbing
@@ -225,7 +226,7 @@ class Pruned:
     capped: bool  # True when max_nodes removed nodes that passed the threshold
 
 
-def prune_nodes(influence: torch.Tensor, tau: float, mode: str = "total", max_nodes: int | None = None) -> Pruned:
+def prune_nodes(influence: torch.Tensor, tau: float, mode: str = PRUNE_MODE, max_nodes: int | None = None) -> Pruned:
     """Keep the nodes whose |influence| passes tau (see the module docstring), then at most max_nodes."""
     tau = check_tau(tau)
     if mode not in PRUNE_MODES:

@@ -86,7 +86,7 @@ def case_contrastive(tokenizer, case: dict, fmt: str) -> tuple[str, str]:
 
 def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str] | list[str], *, fmt: str = "chat",
                       system_prompt: str | None = "", answer_prefix: str = " Answer:", tau: float = 0.05,
-                      prune_mode: str = "max", method: str = "act_x_grad", ig_steps: int = 8, max_nodes: int = 30,
+                      prune_mode: str = A.PRUNE_MODE, method: str = "act_x_grad", ig_steps: int = 8, max_nodes: int = 30,
                       n_prompt_nodes: int = 8, late_layers: int | None = None, early_layers: int | None = None,
                       ablate_top: int = 20, counterfactual: str | None = None) -> dict[str, Any]:
     """Attribution, pruning, edges and the ablation check for one prompt, as a plain-data graph.

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from reasonlab.concept_sft.attribution import METHODS, PRUNE_MODES, check_tau
+from reasonlab.concept_sft.attribution import METHODS, PRUNE_MODE, PRUNE_MODES, check_tau
 from reasonlab.concept_sft.text_sets import TEXT_SETS
 from reasonlab.errors import ReasonlabError
 from reasonlab.params import Group, one_of, parse_group as parse_any_group
@@ -53,7 +53,7 @@ class AttributionParams(Group):
                           "default: from each case (' Ald', ' Ren' for SmolLM2 in chat)")
     tau: Annotated[float, BeforeValidator(check_tau)] = Field(
         0.05, gt=0, lt=1, description="pruning threshold in (0, 1), a fraction of |influence| (see prune_mode)")
-    prune_mode: PruneMode = Field("max", description='"max" keeps |I| >= tau max|I|; "total" |I| >= tau sum|I|; '
+    prune_mode: PruneMode = Field(PRUNE_MODE, description='"max" keeps |I| >= tau max|I|; "total" |I| >= tau sum|I|; '
                                                      '"cumulative" the fewest top nodes reaching (1 - tau) of sum|I|')
     method: Method = Field("act_x_grad", description='"act_x_grad" (one backward) or "integrated_gradients"')
     max_nodes: int = Field(30, ge=1, description="cap on the nodes kept by pruning (edges cost one batched "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reasonlab.concept_sft import attribution as A, topk_filter
 from reasonlab.errors import ReasonlabError
 
 def add_prompt_and_device_args(p, top_k_help: str = "next tokens shown and ranked") -> None:
@@ -39,7 +40,7 @@ def add_attribute(sub) -> None:
     p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")
     p.add_argument("--format", default="chat", choices=["chat", "completion"])
     p.add_argument("--tau", type=float, default=0.05)
-    p.add_argument("--prune-mode", default="max", choices=["total", "max", "cumulative"])
+    p.add_argument("--prune-mode", default=A.PRUNE_MODE, choices=A.PRUNE_MODES)
     p.add_argument("--method", default="act_x_grad", choices=["act_x_grad", "integrated_gradients"])
     p.add_argument("--max-nodes", type=int, default=30)
     p.add_argument("--ablate-top", type=int, default=20)
@@ -55,7 +56,6 @@ def _rho(x) -> str:
 
 
 def run_attribute(args: argparse.Namespace) -> dict:
-    from reasonlab.concept_sft import attribution as A
     from reasonlab.concept_sft.attribution_graph import attribution_graph, write_graph
     from reasonlab.models import DEFAULT_MODEL, load_model, resolve_model
 
@@ -153,7 +153,7 @@ def add_filter(sub) -> None:
     p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")
     p.add_argument("--format", default="completion", choices=["completion", "chat"])
     p.add_argument("--max-rank", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=topk_filter.BATCH_SIZE)
     add_prompt_and_device_args(p)
 
 

@@ -22,6 +22,7 @@ from reasonlab.concept_sft.prompts import PromptItem
 from reasonlab.tokens import first_token_ids, token_text
 
 VERSION = "3"  # bump when the decisions change (2: whole answers, greedy wrong word; 3: answer pieces not ahead)
+BATCH_SIZE = 16  # prompts per forward pass (the decisions do not depend on it: bench/topk_batching.py)
 
 FUNCTION_WORDS = frozenset("""
 a an the this that these those its it their his her our your my of in on at to for from by with as
@@ -44,7 +45,7 @@ def top_tokens(tokenizer, probs, k: int = 10) -> list[TokenProb]:
     return [TokenProb(token_text(tokenizer, i), i, p) for p, i in zip(top_p.tolist(), top_i.tolist())]
 
 
-def next_token_topk(model, tokenizer, texts: list[str], k: int = 10, batch_size: int = 16) -> list[list[TokenProb]]:
+def next_token_topk(model, tokenizer, texts: list[str], k: int = 10, batch_size: int = BATCH_SIZE) -> list[list[TokenProb]]:
     """Top-k next-token probabilities after each text (length-sorted batches)."""
     return [top_tokens(tokenizer, logp.exp(), k) for logp in AP.next_token_logprobs(model, tokenizer, texts, batch_size)]
 
@@ -134,7 +135,7 @@ def decide(row: dict, wrong_word: str, wrong_ids: list[int], p_wrong: float, p_c
 
 def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, max_rank: int = 5,
                    fmt: Format = "completion", system_prompt: str | None = "", answer_prefix: str = " Answer:",
-                   batch_size: int = 16) -> dict:
+                   batch_size: int = BATCH_SIZE) -> dict:
     """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json).
 
     One batched pass reads every prompt's next-token top-k (the cheap first-token checks); only the prompts
