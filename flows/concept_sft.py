@@ -1,7 +1,7 @@
 """The concept-SFT pipeline (the main job), measured like a knowledge edit: filter -> attribution -> concept
 choice -> leak check -> per target case x text set x seed: SFT + evaluation -> attribution after SFT.
 
-    python -m flows.concept_sft                                  # defaults: SmolLM2, the seed's 3 prompts, 3 seeds
+    python -m flows.concept_sft                                  # defaults: SmolLM2, 3 target prompts, seeds 0-2
     python -m flows.concept_sft --text-sets concept unrelated direct     # + the two controls, same budget
     python -m flows.concept_sft --model gemma-3-270m --no-use-chat-template --eval-formats completion
     python -m flows.concept_sft --interactive        # pauses after stage 4 for the researcher's choice (UI form)
@@ -60,12 +60,10 @@ def concept_sft(
     Args:
         prompts: JSON/YAML file of {prompt, answer, topic, paraphrases, neighbours, counterfactual} rows
             (reasonlab/concept_sft/prompts.py).
-        sft_config: YAML SFT config (the seed's fields: epochs, learning_rate, ...; `lora:` optional; `texts:` the
-            fallback for a case the text-set file lacks).
-        model: registry name, local folder, Hub id, or block:NAME (a reasonlab-model block); overrides
-            the config's model_name (the default).
-        use_chat_template: overrides the config's use_chat_template (SFT texts under the chat template);
-            false for base models that have none; default: the config's.
+        sft_config: YAML SFT config (epochs, learning_rate, ...; `lora:` optional; `texts:` for a case the
+            text-set file lacks).
+        model: registry name, local folder, Hub id, or block:NAME; default: the config's model_name.
+        use_chat_template: SFT texts under the chat template (false for base models); default: the config's.
         filter: stage 2, the top-k filter: which prompts become target cases.
         formats: how each stage shows a prompt to the model (completion or chat + answer prefix).
         attribution: stages 3-4: contrastive attribution graph, pruning, concept candidates.
@@ -75,8 +73,7 @@ def concept_sft(
         llm: the LLM for generation and candidate labels (block, env vars, or a local model).
     """
     inputs = check_inputs(prompts, sft_config, model, use_chat_template, filter=filter, formats=formats,
-                          attribution=attribution, concept=concept, experiment=experiment, generation=generation,
-                          llm=llm)
+                          attribution=attribution, concept=concept, experiment=experiment, generation=generation, llm=llm)
     config, base, groups = inputs.config, inputs.base, inputs.groups
     filter, formats, attribution, concept, experiment, generation, llm = (groups[name] for name in GROUPS)
 

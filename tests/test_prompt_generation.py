@@ -12,7 +12,8 @@ from loopback_llm import ScriptedLLM, items
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.llm_client import EndpointConfig
-from reasonlab.concept_sft.prompt_generation import check_item, parse_items
+from reasonlab.concept_sft.prompt_rules import check_item
+from reasonlab.llm_output import parse_items
 from reasonlab.concept_sft.prompts import load_prompts, validate_item
 from tasks.prompt_generation import generate_prompts, resolve_endpoint
 

@@ -107,35 +107,16 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     device = next(model.parameters()).device
     ids = A.encode_prompt(tokenizer, text, device)  # [1, pos]
     tokens = A.token_texts(tokenizer, ids)
-    cf_ids = None
-    if counterfactual is not None:
-        if not isinstance(counterfactual, str) or not counterfactual.strip():
-            raise ReasonlabError(f"the counterfactual prompt must be a non-empty string, got {counterfactual!r}")
-        cf_ids = A.encode_prompt(tokenizer, build_prompt(tokenizer, counterfactual, fmt, system_prompt, answer_prefix),
-                                 device)
-        if cf_ids.shape != ids.shape:
-            raise ReasonlabError(f"the counterfactual prompt {counterfactual!r} is {cf_ids.shape[1]} tokens long in "
-                                 f"{fmt} format and the prompt {prompt!r} is {ids.shape[1]}: activation patching needs "
-                                 "the same length (reword the counterfactual)")
+    cf_ids = encode_counterfactual(tokenizer, counterfactual, ids, prompt, fmt, system_prompt, answer_prefix)
 
     attr = A.attribute(model, ids, a, b, method, ig_steps)
     n_layers, n_pos, d_mlp = attr.influence.shape
     late = late_layers if late_layers is not None else max(1, round(0.15 * n_layers))
     early = early_layers if early_layers is not None else round(0.15 * n_layers)  # token-level layers
     pruned = A.prune_nodes(attr.influence, tau, prune_mode, max_nodes)
-    nodes = list(pruned.nodes)
-    origin = {n: "tau" for n in nodes}
-    # the top nodes at the prompt's own tokens in upstream layers (the seed's intermediate concepts)
     positions = prompt_positions(tokenizer, text, prompt, n_pos)
-    if n_prompt_nodes and positions and n_layers - late > early:
-        mask = torch.zeros_like(attr.influence, dtype=torch.bool)
-        mask[early: n_layers - late, positions, :] = True
-        scores = torch.where(mask, attr.influence.abs(), torch.zeros(()))
-        for idx in torch.topk(scores.flatten(), n_prompt_nodes).indices:
-            node = tuple(int(i) for i in torch.unravel_index(idx, scores.shape))
-            if scores[node] > 0 and node not in origin:
-                nodes.append(node)
-                origin[node] = "prompt"
+    nodes, origin = with_prompt_nodes(list(pruned.nodes), attr.influence, positions, early, n_layers - late,
+                                      n_prompt_nodes)
 
     edges = A.compute_edges(model, ids, nodes, a, b)  # [n, n]
     order = sorted(range(len(nodes)), key=lambda i: -abs(float(attr.influence[nodes[i]])))
@@ -143,41 +124,10 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     clean, deltas = A.ablation_effects(model, ids, checked, a, b)
     predicted = [-float(attr.influence[n]) for n in checked]
     rho = A.rank_agreement(predicted, deltas)
-    patching = None
-    if cf_ids is not None:
-        _, patch_pred, patch_real = A.patching_effects(model, ids, cf_ids, checked, a, b, gradients=attr.gradients)
-        # nodes before the first differing token see the same activations in both runs (effects exactly 0):
-        # the agreement over the nodes at or after it is reported apart, free of those ties
-        first = int((ids[0] != cf_ids[0]).nonzero()[0, 0]) if not torch.equal(ids, cf_ids) else n_pos
-        with torch.no_grad():
-            cf_metric = float(A.logit_diff(model(cf_ids).logits, a, b)[0])  # m on the counterfactual itself
-        after = [i for i, (_, p, _) in enumerate(checked) if p >= first]
-        patching = {"method": "patch one neuron at one position from the counterfactual run",
-                    "counterfactual": counterfactual, "counterfactual_tokens": A.token_texts(tokenizer, cf_ids),
-                    "counterfactual_logit_diff": cf_metric,
-                    "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": patch_pred, "real": patch_real,
-                    "spearman": A.rank_agreement(patch_pred, patch_real),
-                    "spearman_vs_influence": A.rank_agreement([float(attr.influence[n]) for n in checked],
-                                                              patch_real),
-                    "first_changed_position": first, "downstream_nodes": len(after),
-                    "spearman_downstream": A.rank_agreement([patch_pred[i] for i in after],
-                                                            [patch_real[i] for i in after]),
-                    "spearman_vs_influence_downstream": A.rank_agreement(
-                        [float(attr.influence[checked[i]]) for i in after], [patch_real[i] for i in after])}
+    patching = None if cf_ids is None else patching_section(model, tokenizer, attr, ids, cf_ids, checked, a, b,
+                                                            counterfactual)
 
-    lens: dict[tuple[int, int], dict] = {}
-    for layer in sorted({l for l, _, _ in nodes}):
-        neurons = sorted({n for l, _, n in nodes if l == layer})
-        lens.update({(layer, n): o for n, o in zip(neurons, output_tokens(model, tokenizer, layer, neurons))})
-    node_rows = []
-    for (l, p, n) in nodes:
-        out = lens[(l, n)]
-        node_rows.append({"id": node_id(l, n, p), "name": node_id(l, n), "layer": l, "position": p, "token": tokens[p],
-                          "neuron": n, "hook": A.HOOK.format(layer=l), "activation": float(attr.activations[l, p, n]),
-                          "gradient": float(attr.gradients[l, p, n]), "influence": float(attr.influence[l, p, n]),
-                          "origin": origin[(l, p, n)], "promotes": out["promotes"], "suppresses": out["suppresses"],
-                          "writes_contrastive": a in out["promotes_ids"] + out["suppresses_ids"]
-                          or b in out["promotes_ids"] + out["suppresses_ids"]})
+    node_rows = describe_nodes(model, tokenizer, attr, nodes, origin, tokens, a, b)
     edge_rows = [{"source": node_rows[i]["id"], "target": node_rows[j]["id"], "weight": float(edges[i, j])}
                  for i in range(len(nodes)) for j in range(len(nodes)) if float(edges[i, j]) != 0.0]
     edge_rows += [{"source": r["id"], "target": LOGIT, "weight": r["influence"]} for r in node_rows]
@@ -198,6 +148,81 @@ def attribution_graph(model, tokenizer, prompt: str, contrastive: tuple[str, str
     if patching is not None:
         graph["patching"] = patching
     return graph
+
+
+def encode_counterfactual(tokenizer, counterfactual: str | None, ids: torch.Tensor, prompt: str, fmt: str,
+                          system_prompt: str | None, answer_prefix: str) -> torch.Tensor | None:
+    """The counterfactual prompt's ids [1, pos], checked to be as long as the prompt's (None without one)."""
+    if counterfactual is None:
+        return None
+    if not isinstance(counterfactual, str) or not counterfactual.strip():
+        raise ReasonlabError(f"the counterfactual prompt must be a non-empty string, got {counterfactual!r}")
+    cf_ids = A.encode_prompt(tokenizer, build_prompt(tokenizer, counterfactual, fmt, system_prompt, answer_prefix),
+                             ids.device)
+    if cf_ids.shape != ids.shape:
+        raise ReasonlabError(f"the counterfactual prompt {counterfactual!r} is {cf_ids.shape[1]} tokens long in "
+                             f"{fmt} format and the prompt {prompt!r} is {ids.shape[1]}: activation patching needs "
+                             "the same length (reword the counterfactual)")
+    return cf_ids
+
+
+def with_prompt_nodes(nodes: list[tuple], influence: torch.Tensor, positions: list[int], first_layer: int,
+                      end_layer: int, n_prompt_nodes: int) -> tuple[list[tuple], dict[tuple, str]]:
+    """The pruned nodes plus the top `n_prompt_nodes` at the prompt's own tokens in layers [first, end): the
+    upstream intermediate concepts. influence: [layers, pos, d_mlp]; returns (nodes, node -> "tau" | "prompt")."""
+    origin = {n: "tau" for n in nodes}
+    if n_prompt_nodes and positions and end_layer > first_layer:
+        mask = torch.zeros_like(influence, dtype=torch.bool)
+        mask[first_layer:end_layer, positions, :] = True
+        scores = torch.where(mask, influence.abs(), torch.zeros(()))
+        for idx in torch.topk(scores.flatten(), n_prompt_nodes).indices:
+            node = tuple(int(i) for i in torch.unravel_index(idx, scores.shape))
+            if scores[node] > 0 and node not in origin:
+                nodes.append(node)
+                origin[node] = "prompt"
+    return nodes, origin
+
+
+def patching_section(model, tokenizer, attr, ids: torch.Tensor, cf_ids: torch.Tensor, checked: list[tuple],
+                     a: int, b: int, counterfactual: str) -> dict[str, Any]:
+    """Activation patching of each checked node from the counterfactual run, against the attribution's estimate."""
+    n_pos = ids.shape[1]
+    _, patch_pred, patch_real = A.patching_effects(model, ids, cf_ids, checked, a, b, gradients=attr.gradients)
+    # nodes before the first differing token see the same activations in both runs (effects exactly 0):
+    # the agreement over the nodes at or after it is reported apart, free of those ties
+    first = int((ids[0] != cf_ids[0]).nonzero()[0, 0]) if not torch.equal(ids, cf_ids) else n_pos
+    with torch.no_grad():
+        cf_metric = float(A.logit_diff(model(cf_ids).logits, a, b)[0])  # m on the counterfactual itself
+    after = [i for i, (_, p, _) in enumerate(checked) if p >= first]
+    return {"method": "patch one neuron at one position from the counterfactual run",
+            "counterfactual": counterfactual, "counterfactual_tokens": A.token_texts(tokenizer, cf_ids),
+            "counterfactual_logit_diff": cf_metric,
+            "nodes": [node_id(l, n, p) for l, p, n in checked], "predicted": patch_pred, "real": patch_real,
+            "spearman": A.rank_agreement(patch_pred, patch_real),
+            "spearman_vs_influence": A.rank_agreement([float(attr.influence[n]) for n in checked], patch_real),
+            "first_changed_position": first, "downstream_nodes": len(after),
+            "spearman_downstream": A.rank_agreement([patch_pred[i] for i in after], [patch_real[i] for i in after]),
+            "spearman_vs_influence_downstream": A.rank_agreement(
+                [float(attr.influence[checked[i]]) for i in after], [patch_real[i] for i in after])}
+
+
+def describe_nodes(model, tokenizer, attr, nodes: list[tuple], origin: dict, tokens: list[str], a: int,
+                   b: int) -> list[dict]:
+    """One row per node (layer, position, neuron): its activation, gradient, influence and what it writes."""
+    lens: dict[tuple[int, int], dict] = {}
+    for layer in sorted({l for l, _, _ in nodes}):
+        neurons = sorted({n for l, _, n in nodes if l == layer})
+        lens.update({(layer, n): o for n, o in zip(neurons, output_tokens(model, tokenizer, layer, neurons))})
+    rows = []
+    for (l, p, n) in nodes:
+        out = lens[(l, n)]
+        rows.append({"id": node_id(l, n, p), "name": node_id(l, n), "layer": l, "position": p, "token": tokens[p],
+                     "neuron": n, "hook": A.HOOK.format(layer=l), "activation": float(attr.activations[l, p, n]),
+                     "gradient": float(attr.gradients[l, p, n]), "influence": float(attr.influence[l, p, n]),
+                     "origin": origin[(l, p, n)], "promotes": out["promotes"], "suppresses": out["suppresses"],
+                     "writes_contrastive": a in out["promotes_ids"] + out["suppresses_ids"]
+                     or b in out["promotes_ids"] + out["suppresses_ids"]})
+    return rows
 
 
 # ---------------------------------------------------------------------------- persistence and pictures

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reasonlab.concept_sft.prompt_rules import check_extras, check_item, drop_target_neighbours, reason_of
+from reasonlab.concept_sft.prompts import PromptItem, validate_item
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured, write_json
 from reasonlab.llm_client import LLMCallError, LLMClient, LLMUnavailable
-from reasonlab.concept_sft.prompts import PromptItem, validate_item
+from reasonlab.llm_output import REFUSAL, clip, normalize, parse_items, strip_fences
 
 VERSION = "2"  # 2: paraphrases and neighbours
 
-SEED_EXAMPLES = [  # the seed's good prompts: shown to the LLM, never accepted as its output
+EXAMPLES = [  # the concept-SFT study's good prompts: shown to the LLM, never accepted as its output
     {"prompt": "The neurotransmitter associated with reward is", "answer": "dopamine", "topic": ["reward"],
      "paraphrases": ["The brain chemical most linked to reward is", "Reward signalling in the brain relies on"],
      "neighbours": [{"prompt": "The neurotransmitter released at the neuromuscular junction is",
@@ -43,11 +45,6 @@ SEED_EXAMPLES = [  # the seed's good prompts: shown to the LLM, never accepted a
      "neighbours": [{"prompt": "A deficiency of vitamin D in children causes", "answer": "rickets"},
                     {"prompt": "A deficiency of thiamine causes", "answer": "beriberi"}]},
 ]
-DETERMINERS = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "her", "their", "some", "any",
-               "many", "several", "each", "every", "one", "our", "your", "my"}
-SEVERAL_ANSWERS = re.compile(r"\b(includes?|including|such as|for example|e\.g\.|examples? of|one of|among)\b", re.I)
-REFUSAL = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i can(?:'|no)t|i cannot|i won'?t|as an ai)", re.I)
-
 ITEM_SCHEMA = {
     "type": "object",
     "properties": {"items": {"type": "array", "items": {
@@ -69,7 +66,7 @@ class GenerationParams:
     batches: int = 4
     domain: str = "medical"
     topics: list[str] = field(default_factory=list)  # one per batch, cycled; empty: the domain itself
-    examples: list[dict] = field(default_factory=lambda: [dict(e) for e in SEED_EXAMPLES])
+    examples: list[dict] = field(default_factory=lambda: [dict(e) for e in EXAMPLES])
     temperature: float = 0.8
     max_tokens: int = 2048
     seed: int = 0
@@ -87,10 +84,6 @@ class GenerationParams:
         for i, ex in enumerate(self.examples):
             validate_item(ex, f"generation example {i}")
         return self
-
-
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 # ------------------------------------------------------------------ asking
@@ -123,159 +116,6 @@ def build_messages(params: GenerationParams, batch: int, avoid: list[str]) -> li
 
 def response_format() -> dict:
     return {"type": "json_schema", "json_schema": {"name": "completion_prompts", "strict": True, "schema": ITEM_SCHEMA}}
-
-
-# ------------------------------------------------------------------ tolerant parsing
-
-
-def _strip_fences(text: str) -> str:
-    m = re.search(r"```(?:json)?\s*(.*?)(?:```|$)", text, re.S)
-    return m.group(1) if m else text
-
-
-def _rows_from(obj: Any) -> list | None:
-    if isinstance(obj, list):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("items", "prompts", "data", "results"):
-            if isinstance(obj.get(key), list):
-                return obj[key]
-        if "prompt" in obj:
-            return [obj]
-    return None
-
-
-def parse_items(text: str | None) -> tuple[list, str]:
-    """Rows from an LLM reply: strict JSON, then fenced/embedded JSON, then each complete `{...}` object.
-
-    Returns (rows, how) where how says which way worked; ([], reason) when nothing parsed.
-    """
-    if not text or not text.strip():
-        return [], "empty reply"
-    body = _strip_fences(text).strip()
-    for candidate in (text.strip(), body, re.sub(r",\s*([}\]])", r"\1", body)):
-        try:
-            rows = _rows_from(json.loads(candidate))
-        except (json.JSONDecodeError, ValueError):
-            continue
-        if rows is not None:
-            return rows, "json"
-    decoder = json.JSONDecoder()
-    rows: list = []
-    for m in re.finditer(r"\{", body):  # salvage every complete object that looks like an item
-        try:
-            obj, _ = decoder.raw_decode(body, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "prompt" in obj:
-            rows.append(obj)
-    seen, unique = set(), []
-    for r in rows:
-        key = json.dumps(r, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    if unique:
-        return unique, "salvaged objects"
-    return [], f"malformed JSON: {_clip(text, 120)!r}"
-
-
-def _clip(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[:n] + "…"
-
-
-# ------------------------------------------------------------------ the rules
-
-
-def check_item(row: Any, where: str) -> PromptItem:
-    """validate_item (the seed's rules) plus the generation rules; ReasonlabError names the broken rule.
-
-    Paraphrases and neighbours are not checked here (see `check_extras`): a bad one is dropped, not the item."""
-    if isinstance(row, dict):
-        row = {k: row[k] for k in ("prompt", "answer", "topic") if k in row}  # extra keys an LLM adds are dropped
-        if isinstance(row.get("topic"), list):
-            row["topic"] = [t for t in row["topic"] if isinstance(t, str) and t.strip()]
-    item = validate_item(row, where)
-    prompt, answer = item.prompt, item.answer
-    if answer.split()[0].lower() in DETERMINERS:
-        raise ReasonlabError(f"{where}: answer {answer!r} starts with a determiner; the first word must be the answer")
-    if prompt.rstrip()[-1] in ".!:;":
-        raise ReasonlabError(f"{where}: prompt {prompt!r} is a finished sentence, not a completion")
-    if re.search(r"_{2,}|\[(blank|mask|answer)\]|\.\.\.|…", prompt, re.I):
-        raise ReasonlabError(f"{where}: prompt {prompt!r} is fill-in-the-blank; write a completion")
-    if len(prompt.split()) < 3:
-        raise ReasonlabError(f"{where}: prompt {prompt!r} is too short to have one unambiguous answer")
-    if not re.search(r"[A-Za-z]", answer) or re.search(r"[/,;]|\b(or|and)\b", answer, re.I):
-        raise ReasonlabError(f"{where}: answer {answer!r} is not a single 1-2 word answer")
-    if normalize(answer) and re.search(rf"\b{re.escape(normalize(answer))}\b", normalize(prompt)):
-        raise ReasonlabError(f"{where}: prompt {prompt!r} already contains its answer {answer!r}")
-    if SEVERAL_ANSWERS.search(prompt):
-        raise ReasonlabError(f"{where}: prompt {prompt!r} admits several valid answers")
-    return item
-
-
-def check_extras(row: Any, item: PromptItem, where: str, taken: dict[str, str]) -> tuple[PromptItem, list[dict]]:
-    """The item with the paraphrases and neighbours that pass the same rules; the dropped ones with reasons.
-
-    A paraphrase keeps the item's answer; a neighbour has its own answer and must not be a prompt already
-    taken (another item, a paraphrase): it would be a target of the edit, not a fact it must leave alone."""
-    raw_para = row.get("paraphrases") if isinstance(row, dict) else None
-    raw_neigh = row.get("neighbours") if isinstance(row, dict) else None
-    paraphrases, neighbours, dropped = [], [], []
-    own = {normalize(item.prompt)}
-    for j, text in enumerate(raw_para if isinstance(raw_para, list) else []):
-        at = f"{where} paraphrase {j}"
-        try:
-            p = check_item({"prompt": text, "answer": item.answer, "topic": item.topic}, at).prompt
-            if normalize(p) in own:
-                raise ReasonlabError(f"{at}: {p!r} repeats the prompt or another paraphrase")
-            if normalize(p) in taken:
-                raise ReasonlabError(f"{at}: {p!r} duplicates a prompt from {taken[normalize(p)]}")
-        except ReasonlabError as e:
-            dropped.append({"kind": "paraphrase", "prompt": text, "reason": _reason(e, at)})
-            continue
-        own.add(normalize(p))
-        paraphrases.append(p)
-    for j, n in enumerate(raw_neigh if isinstance(raw_neigh, list) else []):
-        at = f"{where} neighbour {j}"
-        try:
-            if not isinstance(n, dict):
-                raise ReasonlabError(f"{at}: expected {{prompt, answer}}, got {n!r}")
-            checked = check_item({"prompt": n.get("prompt"), "answer": n.get("answer")}, at)
-            key = normalize(checked.prompt)
-            if key in own or key in taken:
-                raise ReasonlabError(f"{at}: {checked.prompt!r} is itself a target prompt "
-                                     f"({'this item' if key in own else taken[key]})")
-        except ReasonlabError as e:
-            dropped.append({"kind": "neighbour", "prompt": n.get("prompt") if isinstance(n, dict) else n,
-                            "reason": _reason(e, at)})
-            continue
-        neighbours.append({"prompt": checked.prompt, "answer": checked.answer})
-    return replace(item, paraphrases=paraphrases, neighbours=neighbours), dropped
-
-
-def drop_target_neighbours(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(rows, dropped): neighbours that became targets later (a later item or paraphrase has their prompt) are
-    dropped, so the output always passes `prompts.load_prompts`."""
-    target_of = {normalize(w): i for i, r in enumerate(rows) for w in [r["prompt"], *r.get("paraphrases", [])]}
-    out, dropped = [], []
-    for i, r in enumerate(rows):
-        keep = []
-        for n in r.get("neighbours", []):
-            t = target_of.get(normalize(n["prompt"]), i)
-            if t == i:
-                keep.append(n)
-            else:
-                dropped.append({"kind": "neighbour", "prompt": n["prompt"], "of": r["prompt"],
-                                "reason": f"{n['prompt']!r} is itself a target prompt (item {rows[t]['prompt']!r})"})
-        out.append({**r, "neighbours": keep})
-    return out, dropped
-
-
-def _reason(err: ReasonlabError, where: str) -> str:
-    msg = str(err)
-    return msg[len(where) + 2:] if msg.startswith(where + ": ") else msg
 
 
 def load_existing(path: Path) -> list[dict]:
@@ -320,64 +160,77 @@ def generate_prompts(client: LLMClient, params: GenerationParams, out_file: Path
 
     for b in range(params.batches):
         info: dict[str, Any] = {"batch": b, "status": "ok", "accepted": 0, "rejected": 0}
-        rows, how = [], ""
-        try:
-            for attempt in range(params.parse_retries + 1):
-                reply = client.chat(build_messages(params, b, [r["prompt"] for r in accepted]),
-                                    label=f"batch {b}", max_tokens=params.max_tokens,
-                                    temperature=params.temperature, seed=params.seed * 1000 + b * 10 + attempt,
-                                    response_format=response_format())
-                info["finish_reason"] = reply.finish_reason
-                if reply.refusal or (REFUSAL.match(reply.content or "") and "{" not in (reply.content or "")):
-                    how = f"refusal: {_clip(reply.refusal or reply.content, 160)!r}"
-                    rows = []
-                    break
-                rows, how = parse_items(reply.content)
-                if rows:
-                    break
-        except (LLMUnavailable, LLMCallError) as e:
-            info.update(status="failed", reason=str(e))
-            batches.append(info)
-            print(f"batch {b}: failed: {e}")
-            save()
-            continue
-        if not rows:
+        rows, how = ask_batch(client, params, b, [r["prompt"] for r in accepted], info)
+        if rows:
+            info["parsed"] = how
+            candidates = check_rows(rows, b, examples, seen, rejected)
+            if params.verify and candidates:
+                candidates = _verify(client, b, candidates, rejected)
+            accepted += [item.to_dict() for _, item in candidates]
+            info["accepted"] = len(candidates)
+            info["rejected"] = sum(r["batch"] == b and "kind" not in r for r in rejected)
+            info["dropped_extras"] = sum(r["batch"] == b and "kind" in r for r in rejected)
+            print(f"batch {b}: {info['accepted']} accepted, {info['rejected']} rejected ({how})")
+        elif info["status"] == "ok":
             info.update(status="rejected", reason=how)
-            batches.append(info)
             print(f"batch {b}: no items ({how})")
-            save()
-            continue
-        info["parsed"] = how
-        candidates: list[tuple[dict, PromptItem]] = []
-        for i, row in enumerate(rows):
-            where = f"batch {b} item {i}"
-            shown = {k: row.get(k) for k in ("prompt", "answer")} if isinstance(row, dict) else {"prompt": row}
-            try:
-                item = check_item(row, where)
-                key = normalize(item.prompt)
-                if key in examples:
-                    raise ReasonlabError(f"{where}: copies an example from the instructions")
-                if key in seen:
-                    raise ReasonlabError(f"{where}: duplicate of a prompt from {seen[key]}")
-            except ReasonlabError as e:
-                rejected.append({**shown, "batch": b, "reason": _reason(e, where)})
-                continue
-            item, dropped = check_extras(row, item, where, seen)
-            rejected += [{**d, "batch": b, "of": item.prompt} for d in dropped]
-            for p in [item.prompt, *item.paraphrases]:
-                seen[normalize(p)] = f"batch {b}"
-            candidates.append((shown, item))
-        if params.verify and candidates:
-            candidates = _verify(client, b, candidates, rejected)
-        accepted += [item.to_dict() for _, item in candidates]
-        info["accepted"] = len(candidates)
-        info["rejected"] = sum(r["batch"] == b and "kind" not in r for r in rejected)
-        info["dropped_extras"] = sum(r["batch"] == b and "kind" in r for r in rejected)
         batches.append(info)
-        print(f"batch {b}: {info['accepted']} accepted, {info['rejected']} rejected ({how})")
         save()
-
     late = save()
+    return summarize_run(out_file, accepted, existing, rejected, late, batches, client.usage_summary())
+
+
+def ask_batch(client: LLMClient, params: GenerationParams, b: int, avoid: list[str],
+              info: dict) -> tuple[list, str]:
+    """(rows, how they parsed) of batch `b`, re-asked while the reply has no JSON; a refusal or a failed call
+    gives no rows (a failure also sets `info`'s status)."""
+    rows, how = [], ""
+    try:
+        for attempt in range(params.parse_retries + 1):
+            reply = client.chat(build_messages(params, b, avoid), label=f"batch {b}", max_tokens=params.max_tokens,
+                                temperature=params.temperature, seed=params.seed * 1000 + b * 10 + attempt,
+                                response_format=response_format())
+            info["finish_reason"] = reply.finish_reason
+            if reply.refusal or (REFUSAL.match(reply.content or "") and "{" not in (reply.content or "")):
+                return [], f"refusal: {clip(reply.refusal or reply.content, 160)!r}"
+            rows, how = parse_items(reply.content)
+            if rows:
+                break
+    except (LLMUnavailable, LLMCallError) as e:
+        info.update(status="failed", reason=str(e))
+        print(f"batch {b}: failed: {e}")
+        return [], str(e)
+    return rows, how
+
+
+def check_rows(rows: list, b: int, examples: set[str], seen: dict[str, str],
+               rejected: list[dict]) -> list[tuple[dict, PromptItem]]:
+    """The rows of batch `b` that pass every rule and are new (`seen` grows with them); the others go to
+    `rejected` with their reasons, and a row's bad paraphrases or neighbours are dropped alone."""
+    candidates: list[tuple[dict, PromptItem]] = []
+    for i, row in enumerate(rows):
+        where = f"batch {b} item {i}"
+        shown = {k: row.get(k) for k in ("prompt", "answer")} if isinstance(row, dict) else {"prompt": row}
+        try:
+            item = check_item(row, where)
+            key = normalize(item.prompt)
+            if key in examples:
+                raise ReasonlabError(f"{where}: copies an example from the instructions")
+            if key in seen:
+                raise ReasonlabError(f"{where}: duplicate of a prompt from {seen[key]}")
+        except ReasonlabError as e:
+            rejected.append({**shown, "batch": b, "reason": reason_of(e, where)})
+            continue
+        item, dropped = check_extras(row, item, where, seen)
+        rejected += [{**d, "batch": b, "of": item.prompt} for d in dropped]
+        for p in [item.prompt, *item.paraphrases]:
+            seen[normalize(p)] = f"batch {b}"
+        candidates.append((shown, item))
+    return candidates
+
+
+def summarize_run(out_file: Path, accepted: list, existing: list, rejected: list, late: list, batches: list,
+                  usage: dict) -> dict:
     reasons: dict[str, int] = {}
     for r in rejected:
         if "kind" in r:
@@ -386,7 +239,7 @@ def generate_prompts(client: LLMClient, params: GenerationParams, out_file: Path
         reasons[kind] = reasons.get(kind, 0) + 1
     return {"out_file": str(out_file), "accepted": len(accepted), "new_accepted": len(accepted) - len(existing),
             "rejected": sum("kind" not in r for r in rejected),
-            "dropped_extras": sum("kind" in r for r in rejected) + len(late), "batches": batches, "usage": client.usage_summary(),
+            "dropped_extras": sum("kind" in r for r in rejected) + len(late), "batches": batches, "usage": usage,
             "rejection_reasons": reasons}
 
 
@@ -400,7 +253,7 @@ def _verify(client: LLMClient, b: int, candidates: list, rejected: list) -> list
     try:
         reply = client.chat(msgs, label=f"verify {b}", max_tokens=1024, temperature=0.0,
                             response_format={"type": "json_object"})
-        data = json.loads(_strip_fences(reply.content or ""))
+        data = json.loads(strip_fences(reply.content or ""))
         verdicts = {int(v["id"]): v for v in data.get("verdicts", []) if isinstance(v, dict) and "id" in v}
     except (LLMUnavailable, LLMCallError, ValueError, TypeError, AttributeError, KeyError):
         return candidates
@@ -408,7 +261,7 @@ def _verify(client: LLMClient, b: int, candidates: list, rejected: list) -> list
     for i, (shown, item) in enumerate(candidates):
         v = verdicts.get(i)
         if v is not None and v.get("ok") is False:
-            rejected.append({**shown, "batch": b, "reason": f"second check: {_clip(v.get('why', 'not factual'), 120)}"})
+            rejected.append({**shown, "batch": b, "reason": f"second check: {clip(v.get('why', 'not factual'), 120)}"})
         else:
             kept.append((shown, item))
     return kept
