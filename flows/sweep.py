@@ -100,10 +100,14 @@ async def model_sweep(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="sweep YAML, e.g. deployments/sweeps/concept_sft_models.yaml")
-    parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="model references for the children, replacing the sweep file's (default: the file's)")
+    parser.add_argument("--name", default=None, help="the sweep's name (default: the file's)")
+    parser.add_argument("--poll-s", type=float, default=2.0, help="seconds between polls of each child's state "
+                                                                   "(default: 2.0)")
     args = parser.parse_args(argv)
     try:
-        out = asyncio.run(model_sweep(sweep=args.sweep, models=args.models))
+        out = asyncio.run(model_sweep(sweep=args.sweep, models=args.models, name=args.name, poll_s=args.poll_s))
     except ReasonlabError as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(out["rows"], indent=1))
