@@ -73,3 +73,16 @@ def test_no_pipeline_imports_another():
             bad += [f"{p.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(p)
                     if name.startswith("reasonlab.") and name.split(".")[1] in names and name.split(".")[1] != own]
     assert not bad, "a pipeline imports another (move what they share to the core):\n" + "\n".join(bad)
+
+
+def test_modules_under_400_lines_and_functions_under_80():
+    long_modules, long_functions = [], []
+    for scope in ("reasonlab", "flows", "tasks"):
+        for p in sorted((REPO / scope).rglob("*.py")):
+            text = p.read_text()
+            if len(text.splitlines()) > 400:
+                long_modules.append(f"{p.relative_to(REPO)} ({len(text.splitlines())})")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                    long_functions.append(f"{p.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long_modules and not long_functions, f"over 400 lines: {long_modules}; over 80: {long_functions}"
