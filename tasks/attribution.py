@@ -15,7 +15,8 @@ from reasonlab.concept_sft.concepts import candidates_markdown
 from reasonlab import paths
 from reasonlab.concept_sft.run_record import attribution_key
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import write_json
+from reasonlab.concept_sft.graph_render import render_html
+from reasonlab.io import write_json, write_text
 from reasonlab.llm_client import EndpointConfig
 from reasonlab.models import ResolvedModel, load_model, resolve_model
 from tasks.artifacts import image_markdown, publish_image, url_for
@@ -107,6 +108,7 @@ def concept_candidates(model: ResolvedModel, graph_file: Path, out_file: str, co
                                                     [(c["layer"], c["neuron"]) for c in ranked["candidates"]], k=k)
     described = concepts.describe(ranked["candidates"], contexts)
     write_json(out_file, {"graph": str(graph_file), "candidates": described, "rejected": ranked["rejected"]})
+    write_text(Path(graph_file).with_name("graph.html"), render_html(graph, described))  # hover: contexts
     logger.info(f"{len(described)} concept candidates ({len(ranked['rejected'])} nodes rejected) -> {out_file}")
     return described
 
@@ -144,6 +146,8 @@ def attribute_cases(base: ResolvedModel, cases: list[dict], run_dir: Path, graph
     if concept.label and candidates:
         endpoint = resolve_endpoint(llm.endpoint, llm.local_model)
         candidates = [label_concepts(endpoint, c, key_block=llm.endpoint) for c in candidates]
+        for g, c in zip(graphs, candidates):  # the page's hover cards show the labels too
+            write_text(g["files"]["html"], render_html(ag.read_graph(g["files"]["json"]), c))
     publish_attribution(graphs, candidates, labelled=concept.label)
     return graphs, candidates
 

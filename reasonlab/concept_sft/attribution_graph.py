@@ -15,8 +15,6 @@ logit difference with the predicted one (-influence): Spearman's rho is the grap
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,12 @@ import torch
 
 from reasonlab.concept_sft import attribution as A
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import atomic_path, write_json
+from reasonlab.concept_sft.graph_render import LOGIT, render_html, render_png
+from reasonlab.io import atomic_path, write_json, write_text
 from reasonlab.prompt_format import build_prompt
 from reasonlab.tokens import token_text
 
-VERSION = "1"
-LOGIT = "logit_diff"
+VERSION = "2"  # 2: a layout without overlapping labels, the strongest edges only, hover cards
 
 
 def node_id(layer: int, neuron: int, position: int | None = None) -> str:
@@ -234,92 +232,8 @@ def write_graph(graph: dict, out_dir: Path | str) -> dict[str, str]:
     write_json(files["json"], graph)
     with atomic_path(files["png"]) as tmp:
         render_png(graph, tmp)
-    with atomic_path(files["html"]) as tmp:
-        tmp.write_text(render_html(graph, files["png"].read_bytes()))
+    write_text(files["html"], render_html(graph))
     return {k: str(v) for k, v in files.items()}
-
-
-def render_png(graph: dict, path: Path) -> None:
-    """Layers up, positions across; node area ~ |influence|, blue pushes toward the first token, red the second."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nodes = graph["nodes"]
-    positions = sorted({n["position"] for n in nodes}) or [0]
-    col = {p: i for i, p in enumerate(positions)}
-    # nodes sharing (layer, position) fan out a little so labels stay readable
-    slots: dict[tuple[int, int], int] = {}
-    xy = {}
-    for n in sorted(nodes, key=lambda n: -abs(n["influence"])):
-        k = (n["layer"], n["position"])
-        s = slots.get(k, 0)
-        slots[k] = s + 1
-        xy[n["id"]] = (col[n["position"]] + 0.3 * ((s + 1) // 2) * (-1) ** s, n["layer"])
-    top_y = graph["n_layers"] + 1
-    xy[LOGIT] = ((len(positions) - 1) / 2, top_y)
-    biggest = max((abs(n["influence"]) for n in nodes), default=1.0) or 1.0
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(positions) + 3), 9))
-    weights = [abs(e["weight"]) for e in graph["edges"]] or [1.0]
-    wmax = max(weights) or 1.0
-    for e in graph["edges"]:
-        if abs(e["weight"]) < 0.05 * wmax:
-            continue
-        (x0, y0), (x1, y1) = xy[e["source"]], xy[e["target"]]
-        ax.plot([x0, x1], [y0, y1], color="tab:blue" if e["weight"] > 0 else "tab:red",
-                alpha=0.15 + 0.6 * abs(e["weight"]) / wmax, lw=0.5 + 2 * abs(e["weight"]) / wmax, zorder=1)
-    for n in nodes:
-        x, y = xy[n["id"]]
-        ax.scatter([x], [y], s=40 + 900 * abs(n["influence"]) / biggest, zorder=2,
-                   color="tab:blue" if n["influence"] > 0 else "tab:red",
-                   edgecolors="black" if n["origin"] == "prompt" else "none", linewidths=1.5)
-        ax.annotate(f"{n['name']}\n{n['influence']:+.2f}", (x, y), fontsize=7, ha="center", va="bottom",
-                    xytext=(0, 6), textcoords="offset points", zorder=3)
-    ax.scatter([xy[LOGIT][0]], [top_y], marker="s", s=300, color="black", zorder=2)
-    a, b = graph["contrastive"]
-    ax.annotate(f"logit({a!r}) - logit({b!r}) = {graph['logit_diff']:+.2f}", xy[LOGIT], fontsize=9, ha="center",
-                va="bottom", xytext=(0, 10), textcoords="offset points")
-    ax.set_xticks(range(len(positions)))
-    ax.set_xticklabels([f"{p}\n{graph['tokens'][p]!r}" for p in positions], fontsize=8)
-    ax.set_ylabel("layer")
-    ax.set_ylim(-1, top_y + 2)
-    rho = graph["ablation"]["spearman"]
-    ax.set_title(f"{graph['prompt']!r}  ({graph['format']}, {graph['method']}, tau={graph['prune']['tau']}, "
-                 f"{graph['prune']['mode']})\nblue: toward {a!r}, red: toward {b!r}; black ring: prompt-token node;"
-                 f" ablation rank agreement rho={'n/a' if rho is None else f'{rho:.2f}'}", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-
-
-def render_html(graph: dict, png: bytes) -> str:
-    """One self-contained page: the picture, then sortable node and edge tables (click a header)."""
-    def table(rows: list[dict], cols: list[str], tid: str) -> str:
-        head = "".join(f"<th onclick=\"sortBy('{tid}',{i})\">{html.escape(c)}</th>" for i, c in enumerate(cols))
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in cols) + "</tr>"
-                       for r in rows)
-        return f"<table id='{tid}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    nodes = sorted(graph["nodes"], key=lambda n: -abs(n["influence"]))
-    edges = sorted(graph["edges"], key=lambda e: -abs(e["weight"]))[:300]
-    script = ("function sortBy(t,c){const b=document.querySelector('#'+t+' tbody');const r=[...b.rows];"
-              "const k=x=>{const v=x.cells[c].textContent;const n=parseFloat(v);return isNaN(n)?v:Math.abs(n)};"
-              "r.sort((x,y)=>{const p=k(x),q=k(y);return p<q?1:p>q?-1:0});r.forEach(x=>b.appendChild(x));}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>attribution: {html.escape(graph['prompt'])}"
-            f"</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;font-size:13px}}"
-            f"th{{cursor:pointer;background:#eee}}</style><script>{script}</script></head><body>"
-            f"<h2>{html.escape(graph['metric'])} = {graph['logit_diff']:+.3f}</h2>"
-            f"<p><code>{html.escape(graph['text'])}</code></p>"
-            f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' style='max-width:100%'>"
-            f"<h3>Nodes</h3>" + table(nodes, ["id", "token", "activation", "influence", "origin", "promotes"], "nodes")
-            + "<h3>Edges</h3>" + table(edges, ["source", "target", "weight"], "edges")
-            + f"<h3>Ablation check</h3><p>Spearman rho = {graph['ablation']['spearman']}</p>"
-            + (f"<h3>Patching check</h3><p>counterfactual <code>{html.escape(graph['patching']['counterfactual'])}"
-               f"</code>: Spearman rho (real vs attribution patching) = {graph['patching']['spearman']}, "
-               f"(real vs influence) = {graph['patching']['spearman_vs_influence']}</p>" if "patching" in graph else "")
-            + "</body></html>")
 
 
 def read_graph(path: Path | str) -> dict:
