@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,23 @@ class Flag:
 
 def add_flow_arguments(parser: argparse.ArgumentParser, flow: Any, flags: dict[str, str | Flag] | None = None,
                        title: str = "job") -> None:
-    """Flags for every parameter of a Prefect `flow` (its `parameters` schema)."""
+    """Flags for every parameter of a Prefect `flow` (its `parameters` schema), and `--verbose`."""
     add_schema_arguments(parser, flow.parameters.model_dump_for_openapi(), flags, title)
+    parser.add_argument("--verbose", action=VerboseAction, help="show the libraries' progress bars, info logs and "
+                                                                "deprecation warnings (default: off)")
+
+
+class VerboseAction(argparse.Action):
+    """`--verbose`: sets REASONLAB_VERBOSE=1 for this process and its task runs; never a flow parameter."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        os.environ["REASONLAB_VERBOSE"] = "1"
+        from reasonlab import console
+
+        console.configure(loud=True)
 
 
 def add_schema_arguments(parser: argparse.ArgumentParser, schema: dict[str, Any],

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from reasonlab import paths
+from reasonlab import console, paths
 from reasonlab.concept_sft import evaluate, experiment, prompts, sft_trainer, topk_filter, training_texts
 from reasonlab.concept_sft.edit_metrics import results_markdown
 from reasonlab.concept_sft.run_record import experiment_folder
@@ -63,7 +63,8 @@ def sft_experiment(model: ResolvedModel, config: dict, cases: list[dict], format
 
     def report(step: int, total: int, loss: float | None) -> None:
         update_progress_artifact(progress_id, 100.0 * step / max(total, 1))
-        if loss is not None:
+        quarter = step == total or step * 4 // max(total, 1) != (step - 1) * 4 // max(total, 1)
+        if loss is not None and (quarter or console.verbose()):  # four loss lines a run; every step when verbose
             logger.info(f"step {step}/{total} loss {loss:.4f}")
 
     result = experiment.run_experiment(model, cfg, cases, formats, output_dir, heldout=evaluate.load_heldout(heldout),

@@ -11,6 +11,9 @@ by $REASONLAB_RESULT_STORAGE (e.g. `local-file-system/reasonlab-results`, set on
 work pools that `deployments.setup` creates from the `StorageLocation` block), so every worker reads
 the same cache records; large outputs are files under $REASONLAB_HOME/runs whose paths are the
 results. Retries: transient failures only.
+
+Console: importing this module quiets the libraries' progress bars and deprecation warnings in the process that
+runs tasks (`reasonlab.console`; `REASONLAB_VERBOSE=1` keeps them).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from reasonlab import paths
+from reasonlab import console, paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import sha256_file, sha256_json, tree_fingerprint
 
 GPU = "gpu"  # tag of model-heavy tasks; a concurrency limit on it keeps one per GPU
+console.configure()
 
 
 def plain(value: Any, where: str = "input") -> Any:
