@@ -512,3 +512,31 @@ def test_prefect_yaml_and_sweep_file_fit_the_flow():
     for child in spec.children():
         p = child["parameters"]
         Problems(**p["problems"]), Capture(**p["capture"]), Generation(**p["generation"]), Robustness(**p["robustness"])
+
+
+# ---------------------------------------------------------------- the pass rate's denominator
+
+def _checkpoint_rows(passes: list[bool]) -> list[dict]:
+    return [{"task_id": 101 + i, "pass": ok, "test_status": "passed" if ok else "failed",
+             "error_type": None if ok else "AssertionError", "completion": "def f(x):\n    return x\n",
+             "completion_tokens": 7, "hit_token_limit": False, "hit_time_limit": False,
+             "activation_files": [f"task_{101 + i:03d}_layer_0.npz"]} for i, ok in enumerate(passes)]
+
+
+def test_pass_rate_counts_problems_whose_generation_failed(tmp_path):
+    """2 of 4 generated programs pass and a 5th problem was excluded (its generation kept failing): the pass
+    rate over the split's problems is 2/5, beside 2/4 over the generated ones, each with its Wilson CI."""
+    from reasonlab.io import write_json, write_parquet
+    from reasonlab.stats import wilson
+
+    shard = tmp_path / "shards" / "tasks_101_105"
+    write_parquet(shard / ab.CHECKPOINT, _checkpoint_rows([True, False, True, False]))
+    write_json(shard / ab.EXCLUSIONS, [{"task_id": 105, "attempts": 2, "error": "RuntimeError: CUDA OOM"}])
+    merged = ab.merge_dataset(tmp_path, "instruct", {"model": "m"})
+    assert merged["pass_rate"] == pytest.approx(2 / 5)
+    assert merged["pass_rate_ci95"] == pytest.approx(wilson(2, 5), abs=1e-4)
+    assert merged["pass_rate_generated"] == pytest.approx(2 / 4)
+    assert merged["pass_rate_generated_ci95"] == pytest.approx(wilson(2, 4), abs=1e-4)
+    assert (merged["problems"], merged["generated"], merged["passed"], merged["excluded"]) == (5, 4, 2, 1)
+    counts = json.loads(Path(merged["metadata"]).read_text())["counts"]
+    assert counts["pass_rate"] == pytest.approx(0.4) and counts["pass_rate_generated"] == pytest.approx(0.5)
