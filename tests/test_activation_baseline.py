@@ -51,7 +51,7 @@ def llama(tiny_models):
 
 # ---------------------------------------------------------------- split and inputs
 
-def test_mbpp_split_is_the_seeds_sizes_deterministic_and_stratified():
+def test_mbpp_split_has_the_studys_sizes_deterministic_and_stratified():
     rows = mbpp.load_problems()  # ../shared/data/mbpp/mbpp.jsonl
     assert len(rows) == 974
     a, b = mbpp.assign_splits(rows), mbpp.assign_splits(list(reversed(rows)))
@@ -102,7 +102,7 @@ def test_bad_inputs_give_one_clear_error(tmp_path, problems_parquet, llama):
     from reasonlab.activations.run_plan import select_range
 
     rows = mbpp.load_split("validation", problems_parquet)
-    assert [r["task_id"] for r in select_range(rows, 1, 2)] == [102, 103]  # inclusive, as the seed
+    assert [r["task_id"] for r in select_range(rows, 1, 2)] == [102, 103]  # both ends inclusive
     for start, end in [(-1, 2), (3, 1), (6, None)]:
         with pytest.raises(ReasonlabError, match="bad range"):
             select_range(rows, start, end)
@@ -313,7 +313,7 @@ def test_ray_task_runner_fans_out_shards_and_merges(tiny_models, problems_parque
     assert len(meta["ranges"]) == 2 and all(r["rows"] == 2 for r in meta["ranges"])
 
 
-# ---------------------------------------------------------------- the seed's layout, ranges, instruct vs base
+# ---------------------------------------------------------------- the run directory's layout, ranges, instruct vs base
 
 def _flow_run(flow_fn, **params):
     """(return value, flow run id) of an in-process flow call."""
@@ -321,7 +321,7 @@ def _flow_run(flow_fn, **params):
     return state.result(), state.state_details.flow_run_id
 
 
-def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path, tiny_models, stories_path,
+def test_output_dir_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path, tiny_models, stories_path,
                                                                               problems_parquet):
     import asyncio
 
