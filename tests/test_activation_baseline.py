@@ -518,6 +518,19 @@ def test_parameter_groups_schema_and_cli_help():
             "--unsafe-allow-host-reads", "--system-prompt"} <= flags
 
 
+def test_the_loop_settings_take_their_defaults_and_bounds_from_the_groups():
+    from reasonlab.activations.params import Capture, Generation, Robustness
+
+    config = BaselineConfig()
+    for group in (Generation(), Robustness()):
+        assert all(getattr(config, k) == v for k, v in group.model_dump().items()), group
+    assert config.capture_generated == Capture().capture_generated
+    built = BaselineConfig.from_groups(Generation(max_new_tokens=7), Robustness(max_attempts=3), Capture(), True)
+    assert (built.max_new_tokens, built.max_attempts, built.use_chat_template) == (7, 3, True)
+    with pytest.raises(ReasonlabError, match=r"field 'checkpoint_every': Input should be greater than or equal to 1"):
+        BaselineConfig(checkpoint_every=0)
+
+
 def test_old_command_lines_give_the_same_parameters():
     from flows.activation_baseline import build_parser
     from flows.cli_params import flow_parameters
