@@ -124,10 +124,9 @@ class _Shard:
     def __init__(self, shard_dir: Path, name: str, problems: list[dict], range_info: dict | None,
                  config: BaselineConfig):
         self.dir, self.name, self.problems, self.range_info, self.config = shard_dir, name, problems, range_info, config
-        record = shard_dir / SHARD_RECORD
+        record, exclusions = shard_dir / SHARD_RECORD, shard_dir / EXCLUSIONS
         self.rows = read_rows(shard_dir / CHECKPOINT)
-        self.excluded: list[dict] = json.loads((shard_dir / EXCLUSIONS).read_text()) \
-            if (shard_dir / EXCLUSIONS).is_file() else []
+        self.excluded: list[dict] = json.loads(exclusions.read_text()) if exclusions.is_file() else []
         self.record = json.loads(record.read_text()) if record.is_file() else {"calls": []}
         self.call: dict = {}
         self.memory_warning = False
