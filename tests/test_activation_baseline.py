@@ -1,6 +1,6 @@
 """Activation baseline: MBPP split, residual capture, batched greedy generation, resume, kill -9, shards, Ray,
-the seed's file layout, every range in metadata.json, exact checkpoints with memory, time vs token limit,
-instruct vs base comparison, typed parameter groups and the CLI's help."""
+the run directory's file layout, every range in metadata.json, exact checkpoints with memory, time vs token
+limit, both pass rates, instruct vs base comparison, typed parameter groups and the CLI's help."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ import pandas as pd
 import pytest
 
 from reasonlab.activations import baseline as ab
-from reasonlab.activations import codegen, mbpp
+from reasonlab.activations import codegen, dataset, mbpp
+from reasonlab.activations import run_files as rf
+from reasonlab.activations.layers import extraction_layers
+from reasonlab.activations.params import BaselineConfig
 from reasonlab.activations.capture import ResidualCapture, hook_name
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import forward_passes, load_model, resolve_model
@@ -48,7 +51,7 @@ def llama(tiny_models):
 
 # ---------------------------------------------------------------- split and inputs
 
-def test_mbpp_split_is_the_seeds_sizes_deterministic_and_stratified():
+def test_mbpp_split_has_the_studys_sizes_deterministic_and_stratified():
     rows = mbpp.load_problems()  # ../shared/data/mbpp/mbpp.jsonl
     assert len(rows) == 974
     a, b = mbpp.assign_splits(rows), mbpp.assign_splits(list(reversed(rows)))
@@ -96,24 +99,24 @@ def test_bad_inputs_give_one_clear_error(tmp_path, problems_parquet, llama):
         mbpp.load_split("validation", bad)
     with pytest.raises(ReasonlabError, match="unknown MBPP split"):
         mbpp.load_split("train", problems_parquet)
-    from flows.activation_baseline import select_range
+    from reasonlab.activations.run_plan import select_range
 
     rows = mbpp.load_split("validation", problems_parquet)
-    assert [r["task_id"] for r in select_range(rows, 1, 2)] == [102, 103]  # inclusive, as the seed
+    assert [r["task_id"] for r in select_range(rows, 1, 2)] == [102, 103]  # both ends inclusive
     for start, end in [(-1, 2), (3, 1), (6, None)]:
         with pytest.raises(ReasonlabError, match="bad range"):
             select_range(rows, start, end)
     with pytest.raises(ReasonlabError, match=r"unknown layer\(s\) \[2\].*2 decoder layers, 0..1"):
         ResidualCapture(model, [0, 2])
     with pytest.raises(ReasonlabError, match="no such top_20_features.json"):
-        ab.extraction_layers(None, tmp_path / "nope.json")
+        extraction_layers(None, tmp_path / "nope.json")
     (tmp_path / "tf.json").write_text(json.dumps({"correct": [{"layer": 1, "feature_idx": 7}],
                                                   "incorrect": [{"feature_idx": 3}]}))
     with pytest.raises(ReasonlabError, match="'incorrect' list"):
-        ab.extraction_layers(None, tmp_path / "tf.json")
+        extraction_layers(None, tmp_path / "tf.json")
     (tmp_path / "tf.json").write_text(json.dumps({"correct": [{"layer": 1, "feature_idx": 7}, {"layer": 0}],
                                                   "incorrect": [{"layer": 1, "feature_idx": 3}]}))
-    info = ab.extraction_layers(None, tmp_path / "tf.json")
+    info = extraction_layers(None, tmp_path / "tf.json")
     assert info["layers"] == [1] and info["best_layers"] == {"correct": 1, "incorrect": 1}
 
 
@@ -173,7 +176,7 @@ def test_batched_greedy_equals_unbatched(llama):
 
 def test_resume_skips_finished_tasks_and_never_duplicates(tmp_path, llama):
     model, tok = llama
-    cfg = ab.BaselineConfig(max_new_tokens=6, batch_size=2, checkpoint_every=2, sandbox_workers=2)
+    cfg = BaselineConfig(max_new_tokens=6, batch_size=2, checkpoint_every=2, sandbox_workers=2)
     first = ab.run_range(model, tok, PROBLEMS[:3], [0, 1], cfg, tmp_path, "tasks_101_106")
     assert first["rows"] == 3 and first["resumed"] == 0
     before = forward_passes()
@@ -181,22 +184,22 @@ def test_resume_skips_finished_tasks_and_never_duplicates(tmp_path, llama):
     assert again["resumed"] == 3 and again["rows"] == 6
     # 3 new tasks in 2 batches of at most 2: 2 generate calls of 6 forwards each, nothing for the finished 3
     assert forward_passes() - before == 2 * 6
-    rows = ab.read_rows(tmp_path / "shards" / "tasks_101_106" / ab.CHECKPOINT)
+    rows = rf.read_rows(tmp_path / "shards" / "tasks_101_106" / rf.CHECKPOINT)
     assert sorted(r["task_id"] for r in rows) == [p["task_id"] for p in PROBLEMS]
     for r in rows:
         assert r["test_status"] in ("failed", "error") and r["tests_total"] == 2 and not r["pass"]
         for layer in (0, 1):
-            with np.load(ab.activation_file(tmp_path / "activations" / "task_activations", r["task_id"], layer)) as z:
+            with np.load(rf.activation_file(tmp_path / "activations" / "task_activations", r["task_id"], layer)) as z:
                 assert z["last_prompt"].shape == (64,) and int(z["layer"]) == layer
     # a problem that is bad input is excluded (not retried), the others still get rows
     limit = len(tok(codegen.mbpp_prompt(tok, PROBLEMS[1]), add_special_tokens=False)["input_ids"]) + 5
-    cfg2 = ab.BaselineConfig(max_new_tokens=4, batch_size=2, max_prompt_tokens=limit, sandbox_workers=2)
+    cfg2 = BaselineConfig(max_new_tokens=4, batch_size=2, max_prompt_tokens=limit, sandbox_workers=2)
     long = {**PROBLEMS[0], "task_id": 900, "text": "Write a function " + "that is long " * 40}
     out = ab.run_range(model, tok, [long, {**PROBLEMS[1], "task_id": 901}], [1], cfg2, tmp_path, "extra")
     assert out["rows"] == 1 and [e["task_id"] for e in out["excluded"]] == [900]
     assert f"max_prompt_tokens={limit}" in out["excluded"][0]["error"]
-    merged = ab.merge_dataset(tmp_path, "instruct", {"model": "tiny"})
-    assert merged["tasks"] == 7 and merged["excluded"] == 1
+    merged = dataset.merge_dataset(tmp_path, "instruct", {"model": "tiny"})
+    assert merged["generated"] == 7 and merged["excluded"] == 1 and merged["problems"] == 8
     ds = pd.read_parquet(merged["dataset"])
     assert Path(merged["dataset"]).name == "dataset_instruct_temp_0_0.parquet"
     assert ds["task_id"].is_unique and len(ds) == 7
@@ -210,7 +213,7 @@ def test_a_non_input_failure_retries_problem_by_problem(tmp_path, llama):
     logs: list[str] = []
     broken = {**PROBLEMS[2], "task_id": 950, "cyclomatic_complexity": "not a number"}  # int() raises ValueError
     for attempts in (2, 3):
-        cfg = ab.BaselineConfig(max_new_tokens=3, batch_size=2, max_attempts=attempts, sandbox_workers=1)
+        cfg = BaselineConfig(max_new_tokens=3, batch_size=2, max_attempts=attempts, sandbox_workers=1)
         rows, excluded = ab.process_batch(model, tok, [PROBLEMS[0], broken], [1], cfg, tmp_path / str(attempts),
                                           log=logs.append, batch_id="s/b0007")
         assert [r["task_id"] for r in rows] == [PROBLEMS[0]["task_id"]]
@@ -221,7 +224,7 @@ def test_a_non_input_failure_retries_problem_by_problem(tmp_path, llama):
     assert any("retrying problem by problem" in line for line in logs)
     assert any("task 950 excluded after 3 attempt(s)" in line for line in logs)
     # bad input (ReasonlabError) alone in its batch is not retried
-    cfg = ab.BaselineConfig(max_new_tokens=3, batch_size=1, max_prompt_tokens=5, max_attempts=3, sandbox_workers=1)
+    cfg = BaselineConfig(max_new_tokens=3, batch_size=1, max_prompt_tokens=5, max_attempts=3, sandbox_workers=1)
     rows, [gone] = ab.process_batch(model, tok, [PROBLEMS[0]], [1], cfg, tmp_path / "bad", log=logs.append)
     assert rows == [] and gone["attempts"] == 1 and "max_prompt_tokens=5" in gone["error"]
 
@@ -241,7 +244,7 @@ def test_flow_two_shards_merge_with_top_features(tmp_path, tiny_models, problems
     assert sorted(ds["task_id"]) == [101, 102, 103, 104, 105]
     meta = json.loads(Path(out["metadata"]).read_text())
     assert meta["layers"] == [0, 1] and meta["best_layers"] == {"correct": 1, "incorrect": 0}
-    assert meta["counts"]["tasks"] == 5 and len(meta["ranges"]) == 2 and meta["dtype"] == ["float32"]
+    assert meta["counts"]["generated"] == 5 and len(meta["ranges"]) == 2 and meta["dtype"] == ["float32"]
     assert meta["split"]["problems_in_split"] == 6 and meta["versions"]["transformers"]
     assert [(r["range"]["start"], r["range"]["end"], r["tasks"]) for r in meta["ranges"]] == [(0, 2, 3), (3, 4, 2)]
     files = sorted(p.name for p in (Path(out["run_dir"]) / "activations" / "task_activations").iterdir())
@@ -310,7 +313,7 @@ def test_ray_task_runner_fans_out_shards_and_merges(tiny_models, problems_parque
     assert len(meta["ranges"]) == 2 and all(r["rows"] == 2 for r in meta["ranges"])
 
 
-# ---------------------------------------------------------------- the seed's layout, ranges, instruct vs base
+# ---------------------------------------------------------------- the run directory's layout, ranges, instruct vs base
 
 def _flow_run(flow_fn, **params):
     """(return value, flow run id) of an in-process flow call."""
@@ -318,12 +321,13 @@ def _flow_run(flow_fn, **params):
     return state.result(), state.state_details.flow_run_id
 
 
-def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path, tiny_models, stories_path,
+def test_output_dir_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path, tiny_models, stories_path,
                                                                               problems_parquet):
     import asyncio
 
     from flows.activation_baseline import activation_baseline
-    from flows.sweep_spec import comparison_markdown, comparison_rows, metrics_from_artifacts, plot_comparison
+    from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
+                                  plot_comparison)
     from tasks.run_info import read_flow_run
 
     out_dir = tmp_path / "phase7_3"
@@ -334,8 +338,8 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
                          problems={"mbpp_source": str(problems_parquet), "start": 0, "end": 1}, **common)
     second, inst_id = _flow_run(activation_baseline, model=str(tiny_models["qwen2"]),
                                 problems={"mbpp_source": str(problems_parquet), "start": 2, "end": 4}, **common)
-    assert first["tasks"] == 2 and second["tasks"] == 5 and second["variant"] == "instruct"
-    # the seed's names, loadable
+    assert first["generated"] == 2 and second["generated"] == 5 and second["variant"] == "instruct"
+    # the dataset's names, loadable
     ds_path = out_dir / "dataset_instruct_temp_0_0.parquet"
     assert Path(second["dataset"]) == ds_path and (out_dir / "metadata.json").is_file()
     ds = pd.read_parquet(ds_path)
@@ -344,21 +348,21 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
         for layer in (0, 1):
             with np.load(out_dir / "activations" / "task_activations" / f"task_{tid:03d}_layer_{layer}.npz") as z:
                 assert z["last_prompt"].shape == (64,) and int(z["task_id"]) == tid
-    # the split as a parquet the seed's phases (and --mbpp) read back
+    # the split as a parquet that --mbpp reads back
     split = mbpp.load_split("validation", out_dir / "validation_mbpp.parquet")
     assert [r["task_id"] for r in split] == [p["task_id"] for p in PROBLEMS]
     # every range merged, counts that match the dataset
     meta = json.loads((out_dir / "metadata.json").read_text())
     assert [(r["range"]["start"], r["range"]["end"]) for r in meta["ranges"]] == [(0, 1), (2, 4)]
     assert [r["rows_in_dataset"] for r in meta["ranges"]] == [2, 3]
-    assert sum(r["rows_in_dataset"] for r in meta["ranges"]) == meta["counts"]["tasks"] == len(ds)
+    assert sum(r["rows_in_dataset"] for r in meta["ranges"]) == meta["counts"]["generated"] == len(ds)
     assert meta["counts"]["passed"] == int(ds["pass"].sum()) and meta["dataset"] == ds_path.name
     assert meta["variant"] == "instruct" and meta["prompt_format"] == "chat template"
     assert all(r["peak_rss_bytes"] > 10 * 2**20 for r in meta["ranges"])
     # the written split is the same split: a call reading it resumes in the same directory (nothing redone)
     again = activation_baseline(model=str(tiny_models["qwen2"]), problems={
         "mbpp_source": str(out_dir / "validation_mbpp.parquet"), "start": 0, "end": 4}, **common)
-    assert again["tasks"] == 5 and len(json.loads((out_dir / "metadata.json").read_text())["ranges"]) == 3
+    assert again["generated"] == 5 and len(json.loads((out_dir / "metadata.json").read_text())["ranges"]) == 3
     # another model into the same directory is refused before any model work
     with pytest.raises(ReasonlabError, match="already holds another activation baseline run"):
         activation_baseline(model=str(stories_path), problems={"mbpp_source": str(problems_parquet), "end": 1},
@@ -370,33 +374,43 @@ def test_output_dir_seed_layout_every_range_in_metadata_and_instruct_vs_base(tmp
     assert Path(base["dataset"]).name == "dataset_base_temp_0_0.parquet"
     base_ds = pd.read_parquet(base["dataset"])
     assert base_ds["prompt"].str.endswith("```python\n").all() and not ds["prompt"].str.endswith("```python\n").any()
-    # the comparison the sweep publishes, read from the two runs' own artifacts
+    # the comparison the sweep publishes, for the deployment its YAML names, read from the two runs' own artifacts
+    deployment = load_sweep(REPO / "deployments" / "sweeps" / "activation_instruct_vs_base.yaml").deployment
     children = []
     for label, run_id, variant in (("qwen2 | default", inst_id, "instruct"), ("stories | default", base_id, "base")):
         states, artifacts = asyncio.run(read_flow_run(run_id))
         children.append({"label": label, "model": label, "set": "default", "state": "Completed",
                          "task_states": states,
-                         "metrics": metrics_from_artifacts(artifacts, "activation-baseline/activation-baseline")})
+                         "metrics": metrics_from_artifacts(artifacts, deployment)})
     rows = comparison_rows(children)
     assert [r["variant"] for r in rows] == ["instruct", "base"]
     assert rows[0]["problems"] == 5 and rows[0]["tasks"] == 2  # problems vs task runs: two different counts
-    assert rows[0]["pass_rate_ci95_low"] <= rows[0]["pass_rate"] <= rows[0]["pass_rate_ci95_high"]
+    for row in rows:  # every figure is there: both rates with their intervals
+        for column in ("problems", "generated", "passed", "pass_rate", "pass_rate_ci95_low", "pass_rate_ci95_high",
+                       "pass_rate_generated", "pass_rate_generated_ci95_low", "pass_rate_generated_ci95_high",
+                       "mean_completion_tokens", "hit_token_limit", "hit_time_limit", "error_types"):
+            assert row[column] is not None and row[column] == row[column], (row["child"], column)
+        assert row["pass_rate_ci95_low"] <= row["pass_rate"] <= row["pass_rate_ci95_high"]
+        assert row["pass_rate_generated_ci95_low"] <= row["pass_rate_generated"] <= row["pass_rate_generated_ci95_high"]
     assert rows[1]["mean_completion_tokens"] == pytest.approx(base_ds["completion_tokens"].mean(), abs=0.01)
     n_err = (~base_ds["pass"]).sum()
     assert sum(int(x.rsplit(" ", 1)[1]) for x in rows[1]["error_types"].split(", ")) == n_err
-    deployment = "activation-baseline/activation-baseline"
     md = comparison_markdown("iv", deployment, rows, str(plot_comparison("iv", deployment, rows, tmp_path / "iv.png")))
-    assert "pass_rate_ci95_low" in md and "| qwen2 \\| default | Completed |" in md
+    assert "pass_rate_ci95_low" in md and "pass_rate_generated_ci95_high" in md
+    assert "| qwen2 \\| default | Completed |" in md
     assert (tmp_path / "iv.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_wilson_interval_and_variants():
-    from flows.activation_baseline import resolve_variant
+def test_variants_and_a_summary_without_problems_has_no_rate():
+    from reasonlab.activations.run_plan import resolve_variant
     from reasonlab.models import REGISTRY, ResolvedModel
 
-    low, high = ab.wilson_interval(5, 10)
-    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)  # the textbook 95 % Wilson interval of 5/10
-    assert ab.wilson_interval(0, 0) == (0.0, 1.0) and ab.wilson_interval(0, 20)[0] == 0.0
+    empty = dataset.summarize([])
+    assert empty["pass_rate"] is None and empty["pass_rate_generated"] is None  # no estimate, not 0 %
+    assert empty["pass_rate_ci95"] == [None, None] and empty["mean_completion_tokens"] is None
+    only_excluded = dataset.summarize([], excluded=3)
+    assert only_excluded["pass_rate"] == 0.0 and only_excluded["pass_rate_ci95"][1] > 0.5
+    assert only_excluded["pass_rate_generated"] is None
     assert REGISTRY["gemma-2-2b"].hub_id == "google/gemma-2-2b" and not REGISTRY["gemma-2-2b"].chat
     named = lambda n: ResolvedModel(name=n, source="/x", revision=None, fingerprint="f")  # noqa: E731
     assert resolve_variant("auto", named("gemma-2-2b"), has_template=True) == ("base", False)  # registry's word
@@ -406,16 +420,16 @@ def test_wilson_interval_and_variants():
     with pytest.raises(ReasonlabError, match="has no chat template"):
         resolve_variant("instruct", named("some-folder"), has_template=False)
     with pytest.raises(ReasonlabError, match="unknown model variant 'chat'"):
-        ab.dataset_name("chat")
+        rf.dataset_name("chat")
 
 
 # ---------------------------------------------------------------- honest per-row figures, checkpoints, memory
 
 def test_checkpoints_exactly_every_n_with_memory_and_measured_batch_times(tmp_path, llama):
     model, tok = llama
-    cfg = ab.BaselineConfig(max_new_tokens=4, batch_size=3, checkpoint_every=2, sandbox_workers=2,
+    cfg = BaselineConfig(max_new_tokens=4, batch_size=3, checkpoint_every=2, sandbox_workers=2,
                             memory_warn_fraction=0.0001)  # any machine is over 0.01 %: the warning must fire
-    ckpt = tmp_path / "shards" / "s" / ab.CHECKPOINT
+    ckpt = tmp_path / "shards" / "s" / rf.CHECKPOINT
     seen, warnings = [], []
 
     def progress(done, total):
@@ -433,7 +447,7 @@ def test_checkpoints_exactly_every_n_with_memory_and_measured_batch_times(tmp_pa
         assert c["memory"]["rss_bytes"] > 10 * 2**20 and 0 < c["memory"]["ram_used_fraction"] < 1
         assert c["memory_warning"] and "cuda_allocated_bytes" not in c["memory"]  # CPU run: no GPU figures
     assert len(warnings) == 3 and "over memory_warn_fraction=0%" in warnings[0] and out["memory_warning"]
-    record = json.loads((tmp_path / "shards" / "s" / ab.SHARD_RECORD).read_text())
+    record = json.loads((tmp_path / "shards" / "s" / rf.SHARD_RECORD).read_text())
     assert record["range"] == {"split": "validation", "start": 0, "end": 4} and record["calls"][0]["checkpoints"]
     assert record["calls"][0]["config"]["checkpoint_every"] == 2
     rows = pd.read_parquet(ckpt)
@@ -475,40 +489,136 @@ def test_parameter_groups_schema_and_cli_help():
     from prefect.utilities.callables import parameter_schema
 
     from flows.activation_baseline import activation_baseline, build_parser
+    from reasonlab.activations.params import GROUPS
 
     schema = parameter_schema(activation_baseline).model_dump_for_openapi()
     props, defs = schema["properties"], schema["definitions"]
-    assert {"problems", "capture", "generation", "robustness", "placement", "output_dir", "variant"} <= set(props)
-    for group in ("Problems", "Capture", "Generation", "Robustness", "Placement"):
-        assert group in defs and all(f.get("description") for f in defs[group]["properties"].values()), group
+    assert list(props) == ["model", "variant", *GROUPS, "output_dir"]
+    for name, model in GROUPS.items():
+        assert props[name]["default"] == model().model_dump()  # the form is prefilled with the group's defaults
+        assert all(f.get("description") for f in defs[model.__name__]["properties"].values()), name
     assert props["model"]["default"] == "gemma-2-2b-it"
     assert defs["Robustness"]["properties"]["memory_warn_fraction"]["default"] == 0.85
+    assert defs["Problems"]["properties"]["split"]["enum"] == ["validation", "hyperparams", "sae", "all"]
     parser = build_parser()
-    helptext = parser.format_help()
-    assert "residual capture at the best layers" in helptext and helptext.count("(default:") >= 20
+    helptext = " ".join(parser.format_help().split())
+    assert "residual capture" in helptext and "seed" not in helptext
+    # every default is printed once, from the group's field (no second copy in argparse)
+    assert "token limit per completion (default: 2000)" in helptext and helptext.count("(default: 2000)") == 1
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
-            assert action.help and action.help.strip(), action.dest
+            assert action.help and len(action.help) > 15 and "default" in action.help, action.dest
+    fields = {f"{g}.{f}" for g, m in GROUPS.items() for f in m.model_fields}
+    assert fields | {"model", "variant", "output_dir"} <= {a.dest for a in parser._actions}
     flags = {s for a in parser._actions for s in a.option_strings}
     assert {"--model", "--mbpp", "--split", "--start", "--end", "--top-features", "--layers", "--max-new-tokens",
             "--batch-size", "--capture-generated", "--checkpoint-every", "--max-attempts", "--sandbox-timeout",
             "--generation-timeout", "--shards", "--device", "--devices", "--dtype", "--task-runner",
-            "--ray-address", "--ray-num-cpus", "--output-dir", "--variant", "--memory-warn-fraction"} <= flags
+            "--ray-address", "--ray-num-cpus", "--output-dir", "--variant", "--memory-warn-fraction",
+            "--unsafe-allow-host-reads", "--system-prompt"} <= flags
+
+
+def test_the_loop_settings_take_their_defaults_and_bounds_from_the_groups():
+    from reasonlab.activations.params import Capture, Generation, Robustness
+
+    config = BaselineConfig()
+    for group in (Generation(), Robustness()):
+        assert all(getattr(config, k) == v for k, v in group.model_dump().items()), group
+    assert config.capture_generated == Capture().capture_generated
+    built = BaselineConfig.from_groups(Generation(max_new_tokens=7), Robustness(max_attempts=3), Capture(), True)
+    assert (built.max_new_tokens, built.max_attempts, built.use_chat_template) == (7, 3, True)
+    with pytest.raises(ReasonlabError, match=r"field 'checkpoint_every': Input should be greater than or equal to 1"):
+        BaselineConfig(checkpoint_every=0)
+
+
+def test_old_command_lines_give_the_same_parameters():
+    from flows.activation_baseline import build_parser
+    from flows.cli_params import flow_parameters
+
+    argv = ["--model", "m", "--mbpp", "v.parquet", "--split", "hyperparams", "--start", "2", "--end", "9",
+            "--layers", "12", "18", "--capture-generated", "--max-new-tokens", "384", "--generation-timeout", "30",
+            "--checkpoint-every", "8", "--unsafe-allow-host-reads", "--devices", "cuda:0", "cuda:1", "--dtype", "bf16"]
+    args = build_parser().parse_args(argv)
+    assert (args.task_runner, args.ray_address) == ("thread", None)
+    del args.task_runner, args.ray_address, args.ray_num_cpus
+    assert flow_parameters(args) == {
+        "model": "m", "problems": {"mbpp_source": "v.parquet", "split": "hyperparams", "start": 2, "end": 9},
+        "capture": {"layers": [12, 18], "capture_generated": True},
+        "generation": {"max_new_tokens": 384, "generation_timeout_s": 30.0},
+        "robustness": {"checkpoint_every": 8, "allow_unconfined_reads": True},
+        "placement": {"devices": ["cuda:0", "cuda:1"], "dtype": "bf16"}}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"generation": {"max_new_tokens": 0}}, r"^activation-baseline parameters: field 'generation.max_new_tokens': "
+                                            r"Input should be greater than or equal to 1 \(got 0\)$"),
+    ({"problems": {"split": "train"}}, r"^activation-baseline parameters: problems.split: unknown MBPP split "
+                                       r"'train': use one of \('validation', 'hyperparams', 'sae', 'all'\)$"),
+    ({"placement": {"device": "gpu0"}}, r"field 'placement.device': String should match pattern"),
+    ({"robustness": {"memory_warn_fraction": 1.5}}, r"field 'robustness.memory_warn_fraction'"),
+    ({"capture": {"layer": [3]}}, r"^activation-baseline parameters: unknown field 'capture.layer'$"),
+    ({"variant": "chat"}, r"^unknown variant 'chat': use auto, instruct or base$"),
+])
+def test_a_bad_group_value_is_one_error_naming_the_field_before_model_work(params, message, tmp_path):
+    from flows.activation_baseline import activation_baseline
+
+    forwards = forward_passes()
+    with pytest.raises(ReasonlabError, match=message):
+        activation_baseline(model="no-such-model-anywhere", output_dir=str(tmp_path / "run"), **params)
+    assert forward_passes() == forwards and not (tmp_path / "run").exists()
+
+
+def test_cli_bad_value_is_one_line_naming_the_field():
+    from flows.activation_baseline import main
+
+    with pytest.raises(SystemExit, match=r"^error: activation-baseline parameters: field 'robustness.max_attempts': "
+                                         r"Input should be greater than or equal to 1 \(got 0\)$"):
+        main(["--max-attempts", "0"])
 
 
 def test_prefect_yaml_and_sweep_file_fit_the_flow():
     import yaml
 
-    from flows.activation_baseline import Capture, Generation, Problems, Robustness
-    from flows.sweep_spec import load_sweep
+    from flows.activation_baseline import activation_baseline
+    from flows.sweep_spec import SWEEP_METRICS_MODULES, load_sweep
+    from reasonlab.activations.params import GROUPS, parse_group
 
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     dep = deployments["activation-baseline"]
     assert dep["parameters"]["model"] == "gemma-2-2b-it" and dep["work_pool"]["name"] == "gpu"
-    Problems(**dep["parameters"]["problems"])
     spec = load_sweep(REPO / deployments["activation-instruct-vs-base"]["parameters"]["sweep"])
     assert spec.models == ["gemma-2-2b-it", "gemma-2-2b"]
     assert spec.deployment == "activation-baseline/activation-baseline"
-    for child in spec.children():
-        p = child["parameters"]
-        Problems(**p["problems"]), Capture(**p["capture"]), Generation(**p["generation"]), Robustness(**p["robustness"])
+    assert SWEEP_METRICS_MODULES[spec.deployment.split("/")[0]] == "reasonlab.activations.sweep_metrics"
+    for parameters in [dep["parameters"], *(child["parameters"] for child in spec.children())]:
+        assert set(parameters) <= set(activation_baseline.parameters.properties), parameters
+        for name in GROUPS.keys() & parameters.keys():
+            parse_group(name, parameters[name])
+
+
+# ---------------------------------------------------------------- the pass rate's denominator
+
+def _checkpoint_rows(passes: list[bool]) -> list[dict]:
+    return [{"task_id": 101 + i, "pass": ok, "test_status": "passed" if ok else "failed",
+             "error_type": None if ok else "AssertionError", "completion": "def f(x):\n    return x\n",
+             "completion_tokens": 7, "hit_token_limit": False, "hit_time_limit": False,
+             "activation_files": [f"task_{101 + i:03d}_layer_0.npz"]} for i, ok in enumerate(passes)]
+
+
+def test_pass_rate_counts_problems_whose_generation_failed(tmp_path):
+    """2 of 4 generated programs pass and a 5th problem was excluded (its generation kept failing): the pass
+    rate over the split's problems is 2/5, beside 2/4 over the generated ones, each with its Wilson CI."""
+    from reasonlab.io import write_json, write_parquet
+    from reasonlab.stats import wilson
+
+    shard = tmp_path / "shards" / "tasks_101_105"
+    write_parquet(shard / rf.CHECKPOINT, _checkpoint_rows([True, False, True, False]))
+    write_json(shard / rf.EXCLUSIONS, [{"task_id": 105, "attempts": 2, "error": "RuntimeError: CUDA OOM"}])
+    merged = dataset.merge_dataset(tmp_path, "instruct", {"model": "m"})
+    assert merged["pass_rate"] == pytest.approx(2 / 5)
+    assert merged["pass_rate_ci95"] == pytest.approx(wilson(2, 5), abs=1e-4)
+    assert merged["pass_rate_generated"] == pytest.approx(2 / 4)
+    assert merged["pass_rate_generated_ci95"] == pytest.approx(wilson(2, 4), abs=1e-4)
+    assert (merged["problems"], merged["generated"], merged["passed"], merged["excluded"]) == (5, 4, 2, 1)
+    counts = json.loads(Path(merged["metadata"]).read_text())["counts"]
+    assert counts["pass_rate"] == pytest.approx(0.4) and counts["pass_rate_generated"] == pytest.approx(0.5)

@@ -476,9 +476,9 @@ def test_extract_code():
 
 
 def test_activation_baseline_metadata_records_the_isolation(tmp_path):
-    from reasonlab.activations import baseline
+    from reasonlab.activations import dataset
 
-    out = baseline.merge_dataset(tmp_path, "instruct", {"note": 1})
+    out = dataset.merge_dataset(tmp_path, "instruct", {"note": 1})
     meta = json.loads(Path(out["metadata"]).read_text())
     assert meta["note"] == 1 and meta["sandbox_isolation"] == isolation()
     assert {"confinement", "read_confined", "pidns", "private_tmp"} <= set(meta["sandbox_isolation"])
