@@ -26,7 +26,7 @@ import torch
 from reasonlab.concept_sft import attribution as A
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, write_json
-from reasonlab.prompt_format import build_prompt
+from reasonlab.prompt_format import adds_special_tokens, build_prompt
 from reasonlab.tokens import token_text
 
 VERSION = "1"
@@ -42,8 +42,7 @@ def prompt_positions(tokenizer, text: str, prompt: str, n_tokens: int) -> list[i
     start = text.rfind(prompt)
     if start < 0 or not getattr(tokenizer, "is_fast", False):
         return list(range(n_tokens - 1))
-    has_bos = tokenizer.bos_token and text.startswith(tokenizer.bos_token)
-    enc = tokenizer(text, add_special_tokens=not has_bos, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True)
     end = start + len(prompt)
     return [i for i, (s, e) in enumerate(enc["offset_mapping"])
             if e > s and s >= start and e <= end and i < n_tokens - 1]
