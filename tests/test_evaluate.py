@@ -252,5 +252,7 @@ def test_verdict(says, newly_said, expected):
     assert verdict(says, newly_said) == expected
     assert verdict(says, newly_said, base_says_answer=1.0) == "already said the answer before SFT (in this format)"
     leaked = verdict(says, newly_said, neighbours_leaked=0.6)
-    assert leaked == ("over-generalised (the answer took over most neighbours)" if expected == "learned" else expected)
+    assert leaked == ("over-generalised (the answer took over most neighbours)" if expected == "learned"
+                      else expected + "; yet it took over most neighbours" if expected.startswith("not learned")
+                      else expected)
     assert verdict(says, newly_said, neighbours_leaked=0.5) == expected

@@ -111,17 +111,17 @@ def beyond_spread(values: list[float]) -> bool | None:
 def verdict(says_answer: float | None, paraphrases_newly_said: float | None, base_says_answer: float = 0.0,
             neighbours_leaked: float | None = None) -> str:
     """What happened to a case, from the shares above (each a mean over seeds)."""
+    leaked = neighbours_leaked is not None and neighbours_leaked > 0.5
     if base_says_answer >= 0.5:
         return "already said the answer before SFT (in this format)"
     if not says_answer or says_answer < 0.5:
-        return "not learned (it does not say the answer after SFT)"
+        return "not learned (it does not say the answer after SFT)" + ("; yet it took over most neighbours"
+                                                                        if leaked else "")
     if paraphrases_newly_said is None:
         return "says it on its prompt (no paraphrase it did not already say, to tell learned from memorised)"
     if paraphrases_newly_said < 0.5:
         return "memorised"
-    if neighbours_leaked is not None and neighbours_leaked > 0.5:
-        return "over-generalised (the answer took over most neighbours)"
-    return "learned"
+    return "over-generalised (the answer took over most neighbours)" if leaked else "learned"
 
 
 def aggregate(runs: list[dict]) -> dict:
