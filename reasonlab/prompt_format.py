@@ -1,6 +1,6 @@
 """How a prompt is shown to a model: as a plain completion, or under the chat template.
 
-`chat` is the seed's evaluation format: system + user turn, the assistant header, then the
+`chat` is the evaluation format: system + user turn, the assistant header, then the
 answer prefix (" Answer:"), so the next token is the model's answer.
 """
 
@@ -55,6 +55,17 @@ def build_prompt(tokenizer, prompt: str, fmt: Format = "completion", system_prom
     if fmt == "chat":
         return apply_template(tokenizer, system_prompt, "user", prompt, add_generation_prompt=True) + answer_prefix
     raise ReasonlabError(f"unknown prompt format {fmt!r}: use one of {FORMATS}")
+
+
+def adds_special_tokens(tokenizer, text: str) -> bool:
+    """Whether encoding a built prompt adds the tokenizer's special tokens (BOS): not when the chat template
+    already began the text with BOS (Gemma, Llama 3), where adding them would give [BOS, BOS, ...]."""
+    return not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of a built prompt (`build_prompt`): the one encoding every scoring path and the attribution use."""
+    return list(tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text))["input_ids"])
 
 
 def build_training_text(tokenizer, text: str, use_chat_template: bool, system_prompt: str | None = "") -> str:

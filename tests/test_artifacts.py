@@ -120,16 +120,23 @@ def test_results_table_has_one_column_per_figure():
     from reasonlab.concept_sft.edit_metrics import aggregate, results_markdown
 
     seeds = [{"case": "The hormone is", "format": "chat", "answer": "aldosterone", "wrong_word": " renin",
-              "text_set": "concept", "base_efficacy": 0.0, "base_paraphrase": 0.25, "base_p_correct": 0.05,
-              "base_p_wrong": 0.23, "base_top1": " ren", "efficacy": e, "paraphrase": 0.5, "neighbourhood": 0.8,
-              "ppl_change": 0.02, "p_correct": pc, "p_wrong": 0.10, "correct_gain": pc - 0.05}
+              "text_set": "concept", "base_answer": " renin", "base_says_answer": 0.0, "base_paraphrase_nll": 0.25,
+              "base_neighbourhood_nll": 1.0, "base_p_correct": 0.05, "base_p_wrong": 0.23, "base_top1": " ren",
+              "says_answer": e, "efficacy_prob": e, "efficacy_nll": 1.0, "paraphrase_nll": 0.5,
+              "paraphrases_newly_said": 0.5, "neighbourhood_nll": 0.8, "neighbours_leaked": 0.2,
+              "neighbours_moved": 0.4, "ppl_change": 0.02, "p_correct": pc, "p_wrong": 0.10, "correct_gain": pc - 0.05}
              for e, pc in ((1.0, 0.31), (0.0, 0.09))]
     header, _, line = results_markdown([aggregate(seeds)]).splitlines()
     cells = dict(zip([h.strip() for h in header.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
     assert cells["Base p(wrong)"] == "23.0%" and cells["Base p(correct)"] == "5.0%" and cells["Wrong"] == "renin"
     assert cells["SFT p(wrong)"] == "10.0% ± 0.0%" and cells["SFT p(correct)"] == "20.0% ± 15.6%"
-    assert cells["Efficacy"] == "50% ± 71%" and cells["Paraphrases"] == "50% ± 0%"
-    assert cells["Base paraphrases"] == "25%" and cells["Neighbourhood"] == "80% ± 0%"
+    assert cells["Base answer (greedy)"] == "'renin'" and cells["SFT says the answer"] == "50% ± 71%"
+    assert cells["Efficacy: p(correct) > p(wrong)"] == "50% ± 71%"
+    assert cells["Efficacy (ROME): NLL/token correct < wrong"] == "100% ± 0%"
+    assert cells["Paraphrases (ROME)"] == "50% ± 0%" and cells["Base paraphrases (ROME)"] == "25%"
+    assert cells["Paraphrases newly said"] == "50% ± 0%"
+    assert cells["Base neighbourhood (ROME)"] == "100%" and cells["Neighbourhood (ROME)"] == "80% ± 0%"
+    assert cells["Neighbours leaked"] == "20% ± 0%" and cells["Neighbours moved"] == "40% ± 0%"
     assert cells["Perplexity change"] == "+2.0% ± 0.0%" and cells["Seeds"] == "2"
     assert cells["Gain beyond spread"] == "no" and cells["Verdict"] == "learned"
     assert "→" not in header + line

@@ -60,7 +60,7 @@ def test_main_job_runs_then_rerun_is_fully_cached(inputs, tmp_path):
                                                                           inputs["answer"])
     assert row["wrong_word"].startswith(inputs["wrong"])  # the greedy word starts with the top-1 token
     assert 0 < row["base_p_correct"] < row["base_p_wrong"] and row["p_correct"] != row["base_p_correct"]
-    assert row["efficacy_sd"] is not None and row["neighbourhood"] is not None and row["paraphrase"] is not None
+    assert row["efficacy_nll_sd"] is not None and row["neighbourhood_nll"] is not None and row["paraphrase_nll"] is not None
     assert row["ppl_change"] != 0 and row["train_tokens"] > 0
     [exp] = out["experiments"]
     assert [s["seed"] for s in exp["seeds"]] == [0, 1] and exp["seeds"][0]["losses"] != exp["seeds"][1]["losses"]

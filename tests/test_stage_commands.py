@@ -48,7 +48,7 @@ def test_filter_then_evaluate_an_sft_checkpoint_against_its_base(stories_path, s
     assert [r["kind"] for r in result["model"]["rows"]] == ["prompt", "paraphrase", "neighbour"]
     [fig] = result["figures"]
     assert fig["base_p_correct"] == case["p_correct"] or abs(fig["base_p_correct"] - case["p_correct"]) < 1e-4
-    assert fig["p_correct"] != fig["base_p_correct"] and fig["neighbourhood"] in (0.0, 1.0)
+    assert fig["p_correct"] != fig["base_p_correct"] and fig["neighbourhood_nll"] in (0.0, 1.0)
     assert result["model"]["perplexity"] != result["base"]["perplexity"]
     assert (tmp_path / "eval.md").read_text().startswith("| Case |") and "Efficacy" in done.stdout
 

@@ -60,10 +60,10 @@ def test_bad_sweeps_name_the_field(data, message):
 
 def test_comparison_table_and_plot(tmp_path):
     filt = [{"kept": "yes"}, {"kept": "no: answer is top-1"}]
-    res = [{"base_p_correct": 0.1, "p_correct": 0.5, "correct_gain": 0.4, "efficacy": 1.0, "paraphrase": 0.5,
-            "neighbourhood": 0.8, "ppl_change": 0.01},
-           {"base_p_correct": 0.1, "p_correct": 0.3, "correct_gain": 0.2, "efficacy": 0.0, "paraphrase": None,
-            "neighbourhood": 1.0, "ppl_change": 0.03}]
+    res = [{"base_p_correct": 0.1, "p_correct": 0.5, "correct_gain": 0.4, "efficacy_nll": 1.0, "paraphrase_nll": 0.5,
+            "neighbourhood_nll": 0.8, "ppl_change": 0.01},
+           {"base_p_correct": 0.1, "p_correct": 0.3, "correct_gain": 0.2, "efficacy_nll": 0.0, "paraphrase_nll": None,
+            "neighbourhood_nll": 1.0, "ppl_change": 0.03}]
     children = [
         {"label": "m1 | d", "model": "m1", "set": "d", "state": "Completed", "flow_run_name": "r1", "duration_s": 3.0,
          "task_states": {"a-0": "Cached", "b-0": "Completed"}, "metrics": child_metrics({"concept-sft-filter": filt, "concept-sft-results": res})},

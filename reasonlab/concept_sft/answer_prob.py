@@ -4,11 +4,15 @@
 
 summed over the answer's surface variants (leading space or not; as written, lower, Capitalized), each
 a distinct token sequence, so the events are disjoint. The filter (stage 2) and the evaluation (stage 7)
-both score answers here; the first-token probability is kept beside it (it is what the seed reported).
+both score answers here, the right one and the wrong one alike (the same surface variants, nothing more).
+Beside it: the first-token probability, and the mean per-token NLL (ROME's measure, which does not penalise
+a long answer against a one-token one: 0.5 * 0.5 * 0.5 < 0.2, but 0.69 nats/token < 1.61) of the answer's
+best surface form.
 
 The model's *wrong* answer is its own greedy continuation up to a word boundary (as many words as the
-right answer has): " Ren" + "in" -> " Renin".
+right answer has): " Ren" + "in" -> " Renin". The same greedy answer tells whether the model *says* an answer.
 
+Every prompt is encoded by `prompt_format.prompt_ids` (one BOS, whether or not the chat template wrote it).
 All passes are batched with length-sorted batches (similar lengths together, so little padding) and right
 padding (causal attention keeps pads out of every real position).
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from reasonlab.prompt_format import prompt_ids
 from reasonlab.tokens import surface_variants, token_text
 
 MAX_WORD_TOKENS = 8  # a greedy word longer than this is cut (a runaway continuation, not a word)
@@ -77,7 +82,7 @@ def forward_logprobs(model, tokenizer, sequences: list[list[int]], batch_size: i
 
 def next_token_logprobs(model, tokenizer, contexts: list[str], batch_size: int = 16) -> list[torch.Tensor]:
     """Each context's next-token log-probs [vocab]: one position through the LM head per context."""
-    seqs = [tokenizer.encode(c) for c in contexts]
+    seqs = [prompt_ids(tokenizer, c) for c in contexts]
     out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
     for i, logp in forward_logprobs(model, tokenizer, seqs, batch_size, keep=[[len(s) - 1] for s in seqs]):
         out[i] = logp[0]
@@ -86,17 +91,13 @@ def next_token_logprobs(model, tokenizer, contexts: list[str], batch_size: int =
 
 @dataclass
 class Scored:
-    """One (context, answer) pair: the whole-answer and first-token probabilities, and the next-token law."""
+    """One (context, answer) pair: the whole-answer and first-token probabilities, the per-token NLL, and the
+    next-token law."""
 
     p_full: float  # sum over variants of prod_t p(token_t | context, tokens_<t)
     p_first: float  # sum over the variants' distinct first tokens of p(first token | context)
+    nll_per_token: float  # min over variants of -(1/T) sum_t log p(token_t | ...): ROME's score, best surface form
     next_probs: torch.Tensor  # [vocab] the next-token distribution after the context
-
-
-def word_sequences(tokenizer, word: str, ids: list[int] | tuple[int, ...] = ()) -> list[tuple[int, ...]]:
-    """A generated word's sequences: its surface variants plus the ids the model actually produced."""
-    seqs = variant_sequences(tokenizer, word)
-    return seqs + [tuple(ids)] if ids and tuple(ids) not in seqs else seqs
 
 
 def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[list[tuple[int, ...]]]],
@@ -107,7 +108,7 @@ def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[li
     sequences (causal: positions before the answer do not see it).
     """
     jobs, seqs = [], []  # job: (context, answer, sequence); seqs: context ids + sequence
-    ctx_ids = [tokenizer.encode(c) for c in contexts]
+    ctx_ids = [prompt_ids(tokenizer, c) for c in contexts]
     for c, per_answer in enumerate(answers):
         for a, vs in enumerate(per_answer):
             for v in vs:
@@ -117,6 +118,7 @@ def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[li
             jobs.append((c, None, ()))
             seqs.append(ctx_ids[c])
     logp_full: dict[tuple[int, int], float] = {}
+    nll: dict[tuple[int, int], float] = {}
     first: dict[tuple[int, int], set[int]] = {}
     next_logp: dict[int, torch.Tensor] = {}
     keep = [list(range(len(ctx_ids[c]) - 1, len(ctx_ids[c]) - 1 + max(len(v), 1))) for c, _, v in jobs]
@@ -127,12 +129,14 @@ def score_sequences(model, tokenizer, contexts: list[str], answers: list[list[li
             continue
         total = float(logp[torch.arange(len(v)), torch.tensor(v)].sum())
         logp_full[(c, a)] = float(torch.logaddexp(torch.tensor(logp_full.get((c, a), -math.inf)), torch.tensor(total)))
+        nll[(c, a)] = min(nll.get((c, a), math.inf), -total / len(v))
         first.setdefault((c, a), set()).add(v[0])
     out = []
     for c, per_answer in enumerate(answers):
         probs = next_logp[c].exp()
         out.append([Scored(p_full=math.exp(logp_full.get((c, a), -math.inf)),
                            p_first=float(probs[sorted(first[(c, a)])].sum()) if (c, a) in first else 0.0,
+                           nll_per_token=nll.get((c, a), math.inf),
                            next_probs=probs)
                     for a in range(len(per_answer))])
     return out
@@ -153,6 +157,11 @@ def decode_word(tokenizer, ids: list[int]) -> str:
     return text
 
 
+def says(word: str, answer: str) -> bool:
+    """The greedy answer `word` is `answer` (case and surrounding space aside): the model would say it."""
+    return word.strip().lower() == answer.strip().lower()
+
+
 def word_break(tokenizer, token_id: int) -> str | None:
     """How `token_id` ends a word in progress: "space" (a new word starts), "stop" (punctuation, a line
     break or a special token: the answer is over), or None (it continues the word; - and ' do too)."""
@@ -171,7 +180,7 @@ def greedy_words(model, tokenizer, contexts: list[str], n_words: list[int], batc
 
     Greedy steps run batched (the unfinished contexts only) without a KV cache: a word is a few tokens.
     """
-    ctx_ids = [tokenizer.encode(c) for c in contexts]
+    ctx_ids = [prompt_ids(tokenizer, c) for c in contexts]
     generated: list[list[int]] = [[] for _ in contexts]
     words = [1] * len(contexts)  # the word being written (the first token starts word 1)
     active = list(range(len(contexts)))

@@ -31,6 +31,7 @@ import torch
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import decoder_layers
+from reasonlab.prompt_format import prompt_ids
 from reasonlab.tokens import token_text
 
 VERSION = "1"
@@ -143,12 +144,12 @@ def check_answer_prefix(tokenizer, template_text: str, answer_prefix: str) -> No
 
 
 def encode_prompt(tokenizer, text: str, device) -> torch.Tensor:
-    """input_ids [1, pos] of a fully built prompt (chat template already applied: no extra BOS twice)."""
-    has_bos = tokenizer.bos_token and text.startswith(tokenizer.bos_token)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not has_bos).input_ids
-    if ids.shape[1] == 0:
+    """input_ids [1, pos] of a fully built prompt: `prompt_format.prompt_ids`, the ids the filter and the
+    evaluation score (one BOS, whether or not the chat template wrote it)."""
+    ids = prompt_ids(tokenizer, text)
+    if not ids:
         raise ReasonlabError("the prompt is empty after tokenization")
-    return ids.to(device)
+    return torch.tensor([ids], device=device)
 
 
 # ---------------------------------------------------------------------------- influence

@@ -25,7 +25,7 @@ from reasonlab.concept_sft import attribution as A
 from reasonlab.errors import ReasonlabError
 from reasonlab.concept_sft.graph_render import LOGIT, render_html, render_png
 from reasonlab.io import atomic_path, write_json, write_text
-from reasonlab.prompt_format import build_prompt
+from reasonlab.prompt_format import adds_special_tokens, build_prompt
 from reasonlab.tokens import token_text
 
 VERSION = "2"  # 2: a layout without overlapping labels, the strongest edges only, hover cards
@@ -40,8 +40,7 @@ def prompt_positions(tokenizer, text: str, prompt: str, n_tokens: int) -> list[i
     start = text.rfind(prompt)
     if start < 0 or not getattr(tokenizer, "is_fast", False):
         return list(range(n_tokens - 1))
-    has_bos = tokenizer.bos_token and text.startswith(tokenizer.bos_token)
-    enc = tokenizer(text, add_special_tokens=not has_bos, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True)
     end = start + len(prompt)
     return [i for i, (s, e) in enumerate(enc["offset_mapping"])
             if e > s and s >= start and e <= end and i < n_tokens - 1]

@@ -1,13 +1,23 @@
-"""How an edit is judged (CounterFact's three measures plus fluency), base vs SFT. Pure functions on rows.
+"""How an edit is judged, base vs SFT: CounterFact's measures (ROME, Meng et al. 2022) and plain ones beside
+them, plus fluency. Pure functions on `evaluate` rows. Each figure is named by what it computes:
 
-    efficacy          p(correct) > p(wrong) on the case's own prompt after SFT (whole answers)
-    paraphrase        share of the paraphrases where p(correct) > p(wrong) after SFT
-    neighbourhood     share of the neighbours whose top-1 token holds and whose answer probability stays
-                      within a factor `tolerance` of the base's
-    perplexity change SFT / base perplexity on general held-out text, minus 1
-Seeds: `aggregate` gives mean and sd (n - 1) of each figure over the repeats; `verdict` calls a case
-"learned" only when it flips on its paraphrases too and most neighbours hold, "memorised" when it flips on
-its own wording only, "over-generalised" when the neighbours moved with it.
+    says_answer            the model's greedy answer to the case's prompt is the answer (it would say it)
+    efficacy_prob          p(correct) > p(wrong), whole answers (the product of token probabilities: a
+                           three-token answer at 0.5 a token, 12.5 %, loses to a one-token wrong word at 20 %)
+    efficacy_nll           ROME's efficacy score: mean per-token NLL of the answer < that of the wrong word
+    paraphrase_nll         ROME's paraphrase score: the same comparison, share of the paraphrases
+    paraphrases_newly_said share of the paraphrases the model did not say before SFT that it says after
+    neighbourhood_nll      ROME's neighbourhood score: share of the neighbours whose own answer still beats the
+                           edited answer (mean per-token NLL)
+    neighbours_leaked      share of the neighbours whose own answer beat the edited answer before SFT and no
+                           longer does: the edit leaked into them
+    neighbours_moved       share of the neighbours whose top-1 token changed or whose own answer's probability
+                           left a factor `tolerance` of the base's, either way (a move, not necessarily damage)
+    ppl_change             SFT / base perplexity on general held-out text, minus 1
+Seeds: `aggregate` gives mean and sd (n - 1) of each figure over the repeats. `verdict`: "already said the
+answer" when the base model said it; else "learned" when, after SFT, the model says the answer on its prompt
+and on most of the paraphrases it did not say before, "memorised" when only on its own wording,
+"over-generalised" when the edited answer also took over most neighbours.
 """
 
 from __future__ import annotations
@@ -15,11 +25,42 @@ from __future__ import annotations
 import math
 import statistics
 
-FIGURES = ("efficacy", "paraphrase", "neighbourhood", "ppl_change", "p_correct", "p_wrong", "correct_gain")
+FIGURES = ("says_answer", "efficacy_prob", "efficacy_nll", "paraphrase_nll", "paraphrases_newly_said",
+           "neighbourhood_nll", "neighbours_leaked", "neighbours_moved", "ppl_change", "p_correct", "p_wrong",
+           "correct_gain")
+BASE_FIGURES = ("base_answer", "base_says_answer", "base_efficacy_prob", "base_efficacy_nll", "base_paraphrase_nll",
+                "base_neighbourhood_nll", "base_p_correct", "base_p_wrong", "base_top1")
 
 
 def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
+
+
+def _beats(row: dict, rival: str) -> bool:
+    """ROME's comparison: the row's answer has a lower mean per-token NLL than `rival` ("wrong" or "edited")."""
+    return row["nll_correct"] < row[f"nll_{rival}"]
+
+
+def _moved(base: dict, sft: dict, tolerance: float) -> bool:
+    low, high = base["p_correct"] / tolerance, base["p_correct"] * tolerance
+    return sft["top1"] != base["top1"] or not low <= sft["p_correct"] <= high
+
+
+def paraphrase_figures(pairs: list[tuple[dict, dict]]) -> dict:
+    """(base row, SFT row) of each paraphrase -> ROME's paraphrase score before and after, and the newly said."""
+    return {"base_paraphrase_nll": _share([_beats(b, "wrong") for b, _ in pairs]),
+            "paraphrase_nll": _share([_beats(t, "wrong") for _, t in pairs]),
+            "paraphrases_newly_said": _share([t["says_answer"] for b, t in pairs if not b["says_answer"]]),
+            "n_paraphrases": len(pairs)}
+
+
+def neighbour_figures(pairs: list[tuple[dict, dict]], tolerance: float) -> dict:
+    """(base row, SFT row) of each neighbour -> ROME's neighbourhood score before and after, leaks and moves."""
+    return {"base_neighbourhood_nll": _share([_beats(b, "edited") for b, _ in pairs]),
+            "neighbourhood_nll": _share([_beats(t, "edited") for _, t in pairs]),
+            "neighbours_leaked": _share([not _beats(t, "edited") for b, t in pairs if _beats(b, "edited")]),
+            "neighbours_moved": _share([_moved(b, t, tolerance) for b, t in pairs]),
+            "n_neighbours": len(pairs)}
 
 
 def case_figures(base: list[dict], sft: list[dict], tolerance: float = 2.0) -> dict:
@@ -27,22 +68,20 @@ def case_figures(base: list[dict], sft: list[dict], tolerance: float = 2.0) -> d
     for b, t in zip(base, sft, strict=True):
         if (b["case"], b["format"], b["text"]) != (t["case"], t["format"], t["text"]):
             raise ValueError(f"rows do not line up: {b['text']!r} vs {t['text']!r}")
-    [(b_prompt, s_prompt)] = [(b, t) for b, t in zip(base, sft) if b["kind"] == "prompt"]
-    para = [t["p_correct"] > t["p_wrong"] for t in sft if t["kind"] == "paraphrase"]
-    base_para = [b["p_correct"] > b["p_wrong"] for b in base if b["kind"] == "paraphrase"]
-    held = [t["top1"] == b["top1"] and b["p_correct"] / tolerance <= t["p_correct"] <= b["p_correct"] * tolerance
-            for b, t in zip(base, sft) if b["kind"] == "neighbour"]
-    return {"case": b_prompt["case"], "format": b_prompt["format"], "answer": b_prompt["answer"],
-            "wrong_word": b_prompt["wrong_word"],
-            "base_efficacy": float(b_prompt["p_correct"] > b_prompt["p_wrong"]),
-            "efficacy": float(s_prompt["p_correct"] > s_prompt["p_wrong"]),
-            "base_paraphrase": _share(base_para), "paraphrase": _share(para), "neighbourhood": _share(held),
-            "base_p_correct": b_prompt["p_correct"], "p_correct": s_prompt["p_correct"],
-            "base_p_wrong": b_prompt["p_wrong"], "p_wrong": s_prompt["p_wrong"],
-            "correct_gain": s_prompt["p_correct"] - b_prompt["p_correct"],
-            "base_p_correct_first": b_prompt["p_correct_first"], "p_correct_first": s_prompt["p_correct_first"],
-            "base_top1": b_prompt["top1"], "top1": s_prompt["top1"],
-            "n_paraphrases": len(para), "n_neighbours": len(held)}
+    pairs = list(zip(base, sft))
+    [(b, t)] = [(b, t) for b, t in pairs if b["kind"] == "prompt"]
+    return {"case": b["case"], "format": b["format"], "answer": b["answer"], "wrong_word": b["wrong_word"],
+            "base_answer": b["greedy"], "answer_after": t["greedy"],
+            "base_says_answer": float(b["says_answer"]), "says_answer": float(t["says_answer"]),
+            "base_efficacy_prob": float(b["p_correct"] > b["p_wrong"]),
+            "efficacy_prob": float(t["p_correct"] > t["p_wrong"]),
+            "base_efficacy_nll": float(_beats(b, "wrong")), "efficacy_nll": float(_beats(t, "wrong")),
+            **paraphrase_figures([(b, t) for b, t in pairs if b["kind"] == "paraphrase"]),
+            **neighbour_figures([(b, t) for b, t in pairs if b["kind"] == "neighbour"], tolerance),
+            "base_p_correct": b["p_correct"], "p_correct": t["p_correct"],
+            "base_p_wrong": b["p_wrong"], "p_wrong": t["p_wrong"], "correct_gain": t["p_correct"] - b["p_correct"],
+            "base_p_correct_first": b["p_correct_first"], "p_correct_first": t["p_correct_first"],
+            "base_top1": b["top1"], "top1": t["top1"]}
 
 
 def ppl_change(base_ppl: float, sft_ppl: float) -> float:
@@ -69,31 +108,32 @@ def beyond_spread(values: list[float]) -> bool | None:
     return bool(abs(mean) > t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
 
 
-def verdict(efficacy: float | None, paraphrase: float | None, base_efficacy: float = 0.0,
-            neighbourhood: float | None = None) -> str:
-    """learned: flips on its prompt and on most paraphrases, most neighbours holding; memorised: flips on its
-    own wording only; over-generalised: flips, but most neighbours moved too."""
-    if base_efficacy >= 0.5:
-        return "already right before SFT (in this format)"
-    if not efficacy or efficacy < 0.5:
-        return "not flipped"
-    if paraphrase is None:
-        return "flipped (no paraphrases to tell learned from memorised)"
-    if paraphrase < 0.5:
+def verdict(says_answer: float | None, paraphrases_newly_said: float | None, base_says_answer: float = 0.0,
+            neighbours_leaked: float | None = None) -> str:
+    """What happened to a case, from the shares above (each a mean over seeds)."""
+    leaked = neighbours_leaked is not None and neighbours_leaked > 0.5
+    if base_says_answer >= 0.5:
+        return "already said the answer before SFT (in this format)"
+    if not says_answer or says_answer < 0.5:
+        return "not learned (it does not say the answer after SFT)" + ("; yet it took over most neighbours"
+                                                                        if leaked else "")
+    if paraphrases_newly_said is None:
+        return "says it on its prompt (no paraphrase it did not already say, to tell learned from memorised)"
+    if paraphrases_newly_said < 0.5:
         return "memorised"
-    return "over-generalised (most neighbours moved)" if neighbourhood is not None and neighbourhood < 0.5 \
-        else "learned"
+    return "over-generalised (the answer took over most neighbours)" if leaked else "learned"
 
 
 def aggregate(runs: list[dict]) -> dict:
     """Per-seed figure dicts (one case, format and text set) -> mean and sd of each figure, and the verdict."""
-    out = {k: runs[0][k] for k in ("case", "format", "answer", "wrong_word", "text_set", "base_efficacy",
-                                   "base_paraphrase", "base_p_correct", "base_p_wrong", "base_top1") if k in runs[0]}
+    out = {k: runs[0][k] for k in ("case", "format", "answer", "wrong_word", "text_set", *BASE_FIGURES)
+           if k in runs[0]}
     out["seeds"] = len(runs)
     for fig in FIGURES:
         out[fig], out[fig + "_sd"] = mean_sd([r.get(fig) for r in runs])
     out["gain_beyond_spread"] = beyond_spread([r["correct_gain"] for r in runs])
-    out["verdict"] = verdict(out["efficacy"], out["paraphrase"], out.get("base_efficacy") or 0.0, out["neighbourhood"])
+    out["verdict"] = verdict(out["says_answer"], out["paraphrases_newly_said"], out.get("base_says_answer") or 0.0,
+                             out["neighbours_leaked"])
     return out
 
 
@@ -118,9 +158,12 @@ def _pm(mean: float | None, sd: float | None, pct: bool = True, digits: int = 0)
     return fmt(mean) + ("" if sd is None else f" ± {fmt(sd).lstrip('+')}")
 
 
-COLUMNS = ["Case", "Text set", "Format", "Wrong", "Correct", "Seeds", "Base p(wrong)", "Base p(correct)",
-           "SFT p(wrong)", "SFT p(correct)", "Efficacy", "Paraphrases", "Base paraphrases", "Neighbourhood",
-           "Perplexity change", "Gain beyond spread", "Verdict"]
+COLUMNS = ["Case", "Text set", "Format", "Wrong", "Correct", "Seeds", "Base answer (greedy)", "Base p(wrong)",
+           "Base p(correct)", "SFT p(wrong)", "SFT p(correct)", "SFT says the answer",
+           "Efficacy: p(correct) > p(wrong)", "Efficacy (ROME): NLL/token correct < wrong",
+           "Base paraphrases (ROME)", "Paraphrases (ROME)", "Paraphrases newly said", "Base neighbourhood (ROME)",
+           "Neighbourhood (ROME)", "Neighbours leaked", "Neighbours moved", "Perplexity change",
+           "Gain beyond spread", "Verdict"]
 
 
 def results_markdown(summary: list[dict]) -> str:
@@ -129,10 +172,15 @@ def results_markdown(summary: list[dict]) -> str:
     for r in summary:
         spread = r["gain_beyond_spread"]
         cells = [r["case"], r.get("text_set") or "—", r["format"], (r["wrong_word"] or "").strip(), r["answer"],
-                 str(r["seeds"]), f"{r['base_p_wrong']:.1%}", f"{r['base_p_correct']:.1%}",
-                 _pm(r["p_wrong"], r["p_wrong_sd"], digits=1), _pm(r["p_correct"], r["p_correct_sd"], digits=1),
-                 _pm(r["efficacy"], r["efficacy_sd"]), _pm(r["paraphrase"], r["paraphrase_sd"]),
-                 _pm(r["base_paraphrase"], None), _pm(r["neighbourhood"], r["neighbourhood_sd"]),
+                 str(r["seeds"]), repr((r.get("base_answer") or "").strip()), f"{r['base_p_wrong']:.1%}",
+                 f"{r['base_p_correct']:.1%}", _pm(r["p_wrong"], r["p_wrong_sd"], digits=1),
+                 _pm(r["p_correct"], r["p_correct_sd"], digits=1), _pm(r["says_answer"], r["says_answer_sd"]),
+                 _pm(r["efficacy_prob"], r["efficacy_prob_sd"]), _pm(r["efficacy_nll"], r["efficacy_nll_sd"]),
+                 _pm(r["base_paraphrase_nll"], None), _pm(r["paraphrase_nll"], r["paraphrase_nll_sd"]),
+                 _pm(r["paraphrases_newly_said"], r["paraphrases_newly_said_sd"]),
+                 _pm(r["base_neighbourhood_nll"], None), _pm(r["neighbourhood_nll"], r["neighbourhood_nll_sd"]),
+                 _pm(r["neighbours_leaked"], r["neighbours_leaked_sd"]),
+                 _pm(r["neighbours_moved"], r["neighbours_moved_sd"]),
                  _pm(r["ppl_change"], r["ppl_change_sd"], pct=False),
                  "—" if spread is None else "yes" if spread else "no", r["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")

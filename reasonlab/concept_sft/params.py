@@ -98,8 +98,9 @@ class ExperimentParams(Group):
     learning_rate: float | None = Field(None, gt=0, description="overrides the SFT config's learning rate")
     epochs: int | None = Field(None, ge=1, description="overrides the SFT config's epochs")
     joint: bool = Field(False, description="one fine-tune over every case's texts instead of one per case")
-    neighbour_tolerance: float = Field(2.0, gt=1, description="a neighbour holds when its top-1 is unchanged and "
-                                                              "its answer probability moved by less than this factor")
+    neighbour_tolerance: float = Field(2.0, gt=1, description="a neighbour has moved when its top-1 changed or its "
+                                                              "answer probability moved by more than this factor, "
+                                                              "up or down")
     heldout: str = Field("data/heldout_text.txt", description="general text for the perplexity (fluency) check")
     attribution_after: bool = Field(True, description="redo the attribution graph on the first seed's concept "
                                                       "model and diff it against the base graph")

@@ -16,7 +16,8 @@ COLUMNS = ["target_cases", "base_p_correct", "sft_p_correct", "correct_gain", "e
 
 def child_metrics(artifacts: dict[str, Any]) -> dict[str, Any]:
     """Means over a child's `concept-sft-results` rows (case x text set x format, each already a mean over
-    seeds) of the editing measures; target cases from its `concept-sft-filter` table."""
+    seeds) of the editing measures (efficacy, paraphrase, neighbourhood: ROME's scores); target cases from its
+    `concept-sft-filter` table."""
     rows = table_rows(artifacts, "concept-sft-results")
     filt = artifacts.get("concept-sft-filter")
 
@@ -28,8 +29,8 @@ def child_metrics(artifacts: dict[str, Any]) -> dict[str, Any]:
         "target_cases": None if filt is None else sum(r.get("kept") == "yes" for r in table_rows(artifacts,
                                                                                                    "concept-sft-filter")),
         "base_p_correct": mean("base_p_correct"), "sft_p_correct": mean("p_correct"),
-        "correct_gain": mean("correct_gain"), "efficacy": mean("efficacy"), "paraphrase": mean("paraphrase"),
-        "neighbourhood": mean("neighbourhood"), "ppl_change": mean("ppl_change"),
+        "correct_gain": mean("correct_gain"), "efficacy": mean("efficacy_nll"), "paraphrase": mean("paraphrase_nll"),
+        "neighbourhood": mean("neighbourhood_nll"), "ppl_change": mean("ppl_change"),
     }
 
 
@@ -72,7 +73,7 @@ def _tradeoff_panels(fig, rows: Rows) -> None:
     """Efficacy (and the p(correct) gain) against neighbourhood damage (1 - preservation)."""
     front, best = tradeoff(rows)
     points = [r for r in rows if r.get("efficacy") is not None and r.get("neighbourhood") is not None]
-    panels = (("efficacy", "efficacy: share of seeds with p(correct) > p(wrong)"),
+    panels = (("efficacy", "efficacy (ROME): NLL/token correct < wrong"),
               ("correct_gain", "mean gain in p(correct), whole answer"))
     for col, (key, ylabel) in enumerate(panels, start=3):
         panel = fig.add_subplot(2, 2, col)
@@ -86,7 +87,7 @@ def _tradeoff_panels(fig, rows: Rows) -> None:
             panel.annotate("\n".join(names), (x, y), fontsize=6, xytext=(4, -3), textcoords="offset points",
                            va="top")
         panel.set_xlim(-0.05, 1.05)
-        panel.set_xlabel("neighbourhood damage (share of neighbours moved)")
+        panel.set_xlabel("neighbourhood damage (share where the edited answer beats the true one)")
         panel.set_ylabel(ylabel, fontsize=8)
         panel.grid(alpha=0.3)
     fig.axes[1].set_ylim(-0.05, 1.1)

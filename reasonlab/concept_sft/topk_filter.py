@@ -8,8 +8,8 @@ A prompt becomes a *target case* when
   3. the whole answer is close behind: its rank, 1 + the number of other next tokens more probable than
      the *whole* answer, is 2..max_rank. (So " B" at rank 4 does not make "BBC" a target when p(" BBC")
      is far below it: the first token alone is not the answer.)
-Every other prompt is kept in `rejected` with its reason. The evaluation scores answers with the same
-definition (`answer_prob.score_answers`).
+Every other prompt is kept in `rejected` with its reason. Both answers are scored alike, and the evaluation
+scores them with the same definition (`answer_prob.score_answers`); `wrong_ids` keeps the ids the model wrote.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from reasonlab.prompt_format import Format, build_prompt
 from reasonlab.concept_sft.prompts import PromptItem
 from reasonlab.tokens import first_token_ids, token_text
 
-VERSION = "3"  # bump when the decisions change (2: whole answers, greedy wrong word; 3: answer pieces not ahead)
+VERSION = "4"  # bump when the decisions change (4: one BOS under the chat template; both answers on the same paths)
 BATCH_SIZE = 16  # prompts per forward pass (the decisions do not depend on it: bench/topk_batching.py)
 
 FUNCTION_WORDS = frozenset("""
@@ -136,7 +136,7 @@ def decide(row: dict, wrong_word: str, wrong_ids: list[int], p_wrong: float, p_c
 def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, max_rank: int = 5,
                    fmt: Format = "completion", system_prompt: str | None = "", answer_prefix: str = " Answer:",
                    batch_size: int = BATCH_SIZE) -> dict:
-    """{"target_cases": [...], "rejected": [...]} for `items` (the seed's filtered_prompts.json).
+    """{"target_cases": [...], "rejected": [...]} for `items`.
 
     One batched pass reads every prompt's next-token top-k (the cheap first-token checks); only the prompts
     that survive them get their whole answer scored and a greedy wrong word (a few more batched passes).
@@ -150,16 +150,15 @@ def filter_prompts(model, tokenizer, items: list[PromptItem], *, k: int = 10, ma
     rows = [classify(it, tk, ids, special, max_rank) for it, tk, ids in zip(items, topks, correct_ids, strict=True)]
     live = [i for i, r in enumerate(rows) if r["status"] == "target"]
     contexts = [texts[i] for i in live]
-    correct = AP.score_answers(model, tokenizer, contexts, [[items[i].answer] for i in live], batch_size)
     words = AP.greedy_words(model, tokenizer, contexts, [len(items[i].answer.split()) for i in live], batch_size)
     wrong_words = [AP.decode_word(tokenizer, ids) for ids in words]
-    wrong = AP.score_sequences(model, tokenizer, contexts,
-                               [[AP.word_sequences(tokenizer, w, ids)] for w, ids in zip(wrong_words, words)],
-                               batch_size)
+    scored = AP.score_answers(model, tokenizer, contexts,
+                              [[items[i].answer, w] for i, w in zip(live, wrong_words, strict=True)], batch_size)
     for j, i in enumerate(live):
+        correct, wrong = scored[j]
         starts = {t.token_id for t in topks[i] if starts_answer(t, items[i].answer, correct_ids[i])}
-        rows[i] = decide(rows[i], wrong_words[j], words[j], wrong[j][0].p_full, correct[j][0].p_full,
-                         correct[j][0].p_first, max_rank, starts)
+        rows[i] = decide(rows[i], wrong_words[j], words[j], wrong.p_full, correct.p_full, correct.p_first,
+                         max_rank, starts)
     return {
         "format": fmt,
         "top_k": k,
