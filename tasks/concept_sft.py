@@ -11,13 +11,13 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from reasonlab import console, paths
 from reasonlab.concept_sft import evaluate, experiment, prompts, sft_trainer, topk_filter, training_texts
-from reasonlab.concept_sft.edit_metrics import results_markdown
+from reasonlab.concept_sft import report
 from reasonlab.concept_sft.run_record import experiment_folder
 from reasonlab.concept_sft.sft_config import SFTConfig, parse_sft_config
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel, load_model
-from tasks.artifacts import publish_run_folder
+from tasks.artifacts import image_markdown, publish_image, publish_run_folder
 from tasks.conventions import task_options
 from tasks.prompt_generation import generate_prompts, resolve_endpoint
 
@@ -125,16 +125,20 @@ def publish_filter(filtered: dict) -> None:
 
 
 def publish_results(summary: list[dict], experiments: list[dict], skipped: list[dict], run_dir: Path) -> None:
-    """The results table and report artifacts, the run folder's link, and the table on the console."""
+    """The report (verdicts first, then the picture, then every figure), the results table, the run folder's
+    link, and the verdicts on the console."""
     create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary],
                           key="concept-sft-results",
-                          description="Per case, text set and format: efficacy, paraphrases, neighbourhood, "
-                                      "perplexity change (mean and sd over seeds)")
+                          description="Per case, text set and format: every editing figure (mean and sd over seeds)")
     lines = [f"- `{e['name']}`: concept {e['concept'] or '(none named)'!r}, neuron {e['neuron'] or 'none chosen'}, "
              f"{len(e['texts'])} texts, {e['runs'][0]['train_tokens'] if e['runs'] else '?'} tokens per epoch, "
              f"seeds {[r['seed'] for r in e['runs']]}" for e in experiments]
-    lines += [f"- skipped `{s['case']}` ({s['text_set']}): {s['reason']}" for s in skipped]
-    create_markdown_artifact(f"# Concept SFT\n\n{results_markdown(summary)}\n## Experiments\n\n" + "\n".join(lines)
-                             + "\n", key="concept-sft-report")
+    skips = [f"- skipped `{s['case']}` ({s['text_set']}): {s['reason']}" for s in skipped]
+    image = None
+    if summary:
+        png = report.plot_results(summary, run_dir / "results.png")
+        publish_image(png, key="concept-sft-results-plot", description="p(correct) base vs SFT, neighbourhood damage")
+        image = image_markdown(png, "base vs SFT")
+    create_markdown_artifact(report.report_markdown(summary, image, lines, skips), key="concept-sft-report")
     publish_run_folder(run_dir, key="concept-sft-run-folder", description="The run's files: tables, graphs, checkpoint")
-    print("\n" + results_markdown(summary))
+    print("\n" + (report.headline_markdown(summary) if summary else "no experiment ran") + "\n".join(skips))

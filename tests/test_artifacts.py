@@ -116,17 +116,26 @@ def test_server_command_gives_the_ui_its_api_and_serves_run_files(tmp_path):
     assert "Traceback" not in out and "ERROR" not in out, out[-3000:]
 
 
-def test_results_table_has_one_column_per_figure():
-    from reasonlab.concept_sft.edit_metrics import aggregate, results_markdown
+def summary_row() -> dict:
+    from reasonlab.concept_sft.edit_metrics import aggregate
 
-    seeds = [{"case": "The hormone is", "format": "chat", "answer": "aldosterone", "wrong_word": " renin",
+    return aggregate(two_seeds())
+
+
+def two_seeds() -> list[dict]:
+    return [{"case": "The hormone is", "format": "chat", "answer": "aldosterone", "wrong_word": " renin",
               "text_set": "concept", "base_answer": " renin", "base_says_answer": 0.0, "base_paraphrase_nll": 0.25,
               "base_neighbourhood_nll": 1.0, "base_p_correct": 0.05, "base_p_wrong": 0.23, "base_top1": " ren",
               "says_answer": e, "efficacy_prob": e, "efficacy_nll": 1.0, "paraphrase_nll": 0.5,
               "paraphrases_newly_said": 0.5, "neighbourhood_nll": 0.8, "neighbours_leaked": 0.2,
               "neighbours_moved": 0.4, "ppl_change": 0.02, "p_correct": pc, "p_wrong": 0.10, "correct_gain": pc - 0.05}
              for e, pc in ((1.0, 0.31), (0.0, 0.09))]
-    header, _, line = results_markdown([aggregate(seeds)]).splitlines()
+
+
+def test_results_table_has_one_column_per_figure():
+    from reasonlab.concept_sft.edit_metrics import results_markdown
+
+    header, _, line = results_markdown([summary_row()]).splitlines()
     cells = dict(zip([h.strip() for h in header.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
     assert cells["Base p(wrong)"] == "23.0%" and cells["Base p(correct)"] == "5.0%" and cells["Wrong"] == "renin"
     assert cells["SFT p(wrong)"] == "10.0% ± 0.0%" and cells["SFT p(correct)"] == "20.0% ± 15.6%"
@@ -140,3 +149,18 @@ def test_results_table_has_one_column_per_figure():
     assert cells["Perplexity change"] == "+2.0% ± 0.0%" and cells["Seeds"] == "2"
     assert cells["Gain beyond spread"] == "no" and cells["Verdict"] == "learned"
     assert "→" not in header + line
+
+
+def test_the_report_leads_with_the_verdict_in_a_narrow_table_then_the_picture_then_every_figure(tmp_path):
+    from reasonlab.concept_sft.report import plot_results, report_markdown
+
+    row = summary_row()
+    png = plot_results([row, {**row, "format": "completion"}], tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    md = report_markdown([row], "![base vs SFT](http://x/r.png)", ["- `case0-concept`: ..."], ["- skipped `x`: why"])
+    head = md.split("\n## ", 1)[0]
+    first_table = [line for line in head.splitlines() if line.startswith("|")]
+    assert first_table[0].count("|") - 1 <= 7 and "Verdict" in first_table[0]
+    assert "| learned | 50% | 50% | 80% |" in first_table[2]
+    assert head.index("| Case") < head.index("![base vs SFT]")
+    assert md.index("![base vs SFT]") < md.index("## Every figure") < md.index("## Experiments") < md.index("skipped")
