@@ -39,7 +39,7 @@ from reasonlab.activations import codegen
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import atomic_path, read_structured, write_json, write_parquet
 from reasonlab.paths import project_root
-from reasonlab.sandbox import extract_code, isolation, run_many
+from reasonlab.sandbox import isolation, run_many
 
 VERSION = "2"  # 2: the seed's file names, measured batch timing, time-limit column, exact checkpoints, memory
 TOP_FEATURES_LOCATIONS = ("data/phase2_10/top_20_features.json", "data/phase2_5/top_20_features.json")
@@ -258,7 +258,7 @@ def _now() -> str:
 
 def _rows_for(problems: list[dict], prompts: list[str], outs: list[dict], config: BaselineConfig,
               act_dir: Path, attempts: int, batch_id: str) -> list[dict]:
-    codes = [extract_code(o["completion"]) for o in outs]
+    codes = [codegen.extract_code(o["completion"]) for o in outs]
     jobs = [{"code": c, "tests": list(p["test_list"]), "setup_code": p.get("test_setup_code") or "",
              "timeout_s": config.sandbox_timeout_s} for c, p in zip(codes, problems)]
     start = time.perf_counter()
@@ -476,6 +476,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         "status_counts": {s: sum(r["test_status"] == s for r in rows)
                           for s in sorted({r["test_status"] for r in rows})},
         "error_types": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "suspicious": sum(r["test_status"] == "suspicious" for r in rows),  # a compared value not plain: not a pass
         "completion_tokens": int(sum(r["completion_tokens"] for r in rows)),
         "mean_completion_tokens": round(sum(r["completion_tokens"] for r in rows) / n, 2) if n else None,
         "mean_completion_chars": round(sum(len(r["completion"]) for r in rows) / n, 1) if n else None,
