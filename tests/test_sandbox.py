@@ -551,6 +551,11 @@ def test_plain_results_are_judged_as_before():
                          [f"assert f() == {value}", "assert f() != []", "assert f() is not None",
                           "assert x == x", "assert len(f()) == 9 and f()[0] < 2"])
     assert honest.status == "passed" and honest.suspicious is None, honest
+    # a dict subclass (MBPP's references return Counter and defaultdict) is compared as its items
+    counts = run_program("import collections\ndef f(s):\n    return collections.Counter(s)\n"
+                         "class Liar(dict):\n    __eq__ = lambda s, o: True\n",
+                         ["assert f('aab') == {'a': 2, 'b': 1}", "assert Liar(a=1) != {'a': 1}"])
+    assert counts.status == "failed" and counts.tests_passed == 1, counts
     wrong = run_program("def f():\n    return [1, 2]\n", ["assert f() == [1, 3]"])
     assert wrong.status == "failed" and wrong.suspicious is None, wrong
     # a test that never compares is not judged: identity cannot be faked

@@ -132,14 +132,18 @@ def prepare_interpreter(job):
 # ------------------------------------------------------------------------------ checked comparisons
 
 def plain_value_check():
-    """check(value) -> value; raises SuspiciousResult(type name) unless value and everything inside
-    it are of the exact built-in types PLAIN_SCALARS / PLAIN_CONTAINERS (a subclass may redefine ==).
-    Types are matched by identity and everything used is bound now, before the program runs."""
+    """check(value) -> the value to compare; raises SuspiciousResult(type name) unless it and
+    everything inside it are of the exact built-in types PLAIN_SCALARS / PLAIN_CONTAINERS (a
+    subclass may redefine ==). A dict subclass as the value itself (Counter, defaultdict,
+    OrderedDict) is compared as a plain dict of its items. Types are matched by identity and
+    everything used is bound now, before the program runs."""
     scalars, containers = frozenset(map(id, PLAIN_SCALARS)), frozenset(map(id, PLAIN_CONTAINERS))
-    type_, id_, dict_, keys, values = type, id, dict, dict.keys, dict.values
+    type_, id_, isinstance_, dict_, keys, values = type, id, isinstance, dict, dict.keys, dict.values
     qualname = type.__dict__["__qualname__"].__get__  # not the class's own (a metaclass could lie)
 
     def check(value):
+        if id_(type_(value)) not in containers and isinstance_(value, dict_):
+            value = dict_(value)
         stack, seen = [value], set()
         while stack:
             v = stack.pop()
