@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         for row, res in failures:
             why = f"{res.error_type}: {res.error_message}" if res.error_type else ""
             print(f"  task {row['task_id']}: {res.status}"
-                  + (f" on `{res.failed_test}`" if res.failed_test else "") + (f" ({why})" if why else ""))
+                  + (f" on `{res.failed_test}`" if res.failed_test else "") + (f" ({why})" if why else "")
+                  + (f" [compared a {res.suspicious}]" if res.suspicious else ""))
 
     single_n = min(args.single, len(jobs))
     single_rate = multi_rate_subset = None
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed": statuses["failed"],
         "error": statuses["error"],
         "timeout": statuses["timeout"],
+        "suspicious": statuses["suspicious"],
         "workers": args.workers,
         "wall_s": f"{wall:.2f}",
         "median_program_s": f"{durations[len(durations) // 2]:.4f}",

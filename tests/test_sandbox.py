@@ -19,7 +19,7 @@ import pytest
 
 from reasonlab import sandbox
 from reasonlab.errors import ReasonlabError
-from reasonlab.sandbox import MAX_TASKS, SandboxResult, extract_code, isolation, run_many, run_program
+from reasonlab.sandbox import MAX_TASKS, SandboxResult, isolation, run_many, run_program
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")  # CI runs as root on Linux with bubblewrap installed (make test)
 
@@ -125,7 +125,7 @@ def test_exception_type_and_message():
     res = run_program("def f():\n    raise ValueError('bad value 42')\nf()\n", ["assert True"])
     assert (res.status, res.error_type, res.error_message) == ("error", "ValueError", "bad value 42"), res
     assert "raise ValueError" in res.traceback  # the user's source line, not the runner's frames
-    assert "sandbox_child" not in res.traceback and "main()" not in res.traceback  # no runner frames
+    assert "child.py" not in res.traceback and "run_all" not in res.traceback  # no runner frames
 
     in_test = run_program("def g(x):\n    return x\n", ["assert g(1) == 1", "assert h(2) == 2"])
     assert (in_test.status, in_test.error_type) == ("error", "NameError"), in_test
@@ -427,21 +427,23 @@ def test_unconfined_reads_are_refused_unless_asked_for_loudly(monkeypatch):
     with pytest.raises(ReasonlabError, match="bubblewrap"):
         run_many([{"code": "x = 1", "tests": []}], confinement="none")
     with pytest.warns(RuntimeWarning, match="UNSAFE"):
-        monkeypatch.setattr(sandbox, "_WARNED_UNCONFINED", False)
+        monkeypatch.setattr(sandbox.probe, "_WARNED_UNCONFINED", False)
         res = run_program("x = 1", ["assert x == 1"], confinement="none", allow_unconfined_reads=True)
     assert res.status == "passed", res
 
 
 def test_the_child_is_a_real_module_run_by_path():
-    child = Path(sandbox.__file__).with_name("sandbox_child.py")
-    assert sandbox.CHILD == child.resolve() and child.is_file()
-    parent_src = Path(sandbox.__file__).read_text()
+    package = Path(sandbox.__file__).parent
+    assert sandbox.CHILD == (package / "child.py").resolve() and sandbox.CHILD.is_file()
+    parent_src = "".join(p.read_text() for p in package.glob("*.py") if not p.name.startswith("child"))
+    child_src = "".join(p.read_text() for p in package.glob("child*.py"))
     # the mechanics live in the child only; the parent only decides and judges
-    for mechanic in ("addaudithook(hook)", "PATH_EVENTS", "SYS_PIVOT_ROOT", "setresuid("):
-        assert mechanic not in parent_src and mechanic in child.read_text(), mechanic
-    out = subprocess.run([sys.executable, "-I", "-c", "import reasonlab.sandbox_child"], capture_output=True,
-                         text=True, cwd=Path(sandbox.__file__).parents[1], timeout=60)
-    assert out.returncode == 0 and out.stdout == "", out  # importing it does nothing
+    for mechanic in ("addaudithook(hook)", "PATH_EVENTS", "SYS_PIVOT_ROOT", "setresuid(", "PyCF_ONLY_AST"):
+        assert mechanic not in parent_src and mechanic in child_src, mechanic
+    for name in ("child", "child_layers", "child_audit"):  # importing them does nothing
+        out = subprocess.run([sys.executable, "-c", f"import reasonlab.sandbox.{name}"], capture_output=True,
+                             text=True, cwd=package.parents[1], timeout=60)
+        assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out
 
 
 # ------------------------------------------------------------------------------------------ run_many
@@ -464,6 +466,8 @@ def test_run_many_preserves_order_and_survives_hostile_neighbours():
 # -------------------------------------------------------------------------------------- extract_code
 
 def test_extract_code():
+    from reasonlab.activations.codegen import extract_code
+
     assert extract_code("Sure!\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
     # the python block wins over an earlier block of another language
     text = "Run:\n```bash\npip install x\n```\nthen\n```Python3\nprint(2)\n```\n```python\nprint(3)\n```"
@@ -482,3 +486,96 @@ def test_activation_baseline_metadata_records_the_isolation(tmp_path):
     meta = json.loads(Path(out["metadata"]).read_text())
     assert meta["note"] == 1 and meta["sandbox_isolation"] == isolation()
     assert {"confinement", "read_confined", "pidns", "private_tmp"} <= set(meta["sandbox_isolation"])
+
+
+# ------------------------------------------------------------------------- a checkout under /tmp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("confinement", CONFINED)
+def test_a_checkout_and_venv_under_tmp_run_generated_code(confinement):
+    """The private /tmp is mounted first: binds of an interpreter (or the child) under /tmp stay visible."""
+    needs_layer("read_confined", confinement)
+    root = Path(tempfile.mkdtemp(prefix="reasonlab-checkout-", dir="/tmp"))
+    try:
+        shutil.copytree(REPO / "reasonlab", root / "reasonlab", ignore=shutil.ignore_patterns("__pycache__"))
+        venv = root / ".venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+                       check=True, timeout=120)
+        code = ("from reasonlab.sandbox import run_program\n"
+                "res = run_program('def add(a, b):\\n    return a + b\\n', ['assert add(1, 2) == 3'], "
+                f"confinement={confinement!r})\n"
+                "print(res.status, res.error_type, res.error_message, res.stderr)\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.split()[0] == "passed", out.stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ a result that equals everything
+
+ANY = "class Any:\n    __eq__ = lambda self, other: True\n    __ne__ = lambda self, other: False\n\n"
+
+
+def test_a_result_that_equals_everything_is_suspicious_not_a_pass():
+    res = run_program(ANY + "def add(a, b):\n    return Any()\n", ["assert add(1, 2) == 3"])
+    assert res.status == "suspicious" and res.error_type == "SuspiciousResult", res
+    assert not res.passed and res.failed_test == "assert add(1, 2) == 3" and res.tests_passed == 0
+    assert res.suspicious == "Any" and "Any" in res.error_message, res
+
+    cheats = {
+        "on the right": (ANY + "def f():\n    return Any()\n", "assert 3 == f()"),
+        "inside a list": (ANY + "def f():\n    return [1, Any()]\n", "assert f() == [1, 2]"),
+        "a dict key": (ANY + "Any.__hash__ = lambda self: 0\ndef f():\n    return {Any(): 1}\n", "assert f() != {}"),
+        "an int subclass": ("class I(int):\n    __eq__ = lambda s, o: True\n    __hash__ = int.__hash__\n"
+                            "def f():\n    return I(0)\n", "assert f() == 5"),
+        "a later test": (ANY + "def f(x):\n    return x if x < 2 else Any()\n", "assert f(1) == 1\nassert f(5) == 6"),
+        "builtins.type patched": (ANY + "import builtins\nbuiltins.type = lambda *a: int\n"
+                                  "def f():\n    return Any()\n", "assert f() == 1"),
+        "in a generator": (ANY + "def f(x):\n    return Any()\n", "assert all(f(x) == x + 1 for x in range(3))"),
+    }
+    results = run_many([{"code": code, "tests": test.split("\n")} for code, test in cheats.values()])
+    for name, res in zip(cheats, results, strict=True):
+        assert res.status == "suspicious" and res.error_type == "SuspiciousResult", (name, res)
+    assert results[list(cheats).index("a later test")].tests_passed == 1
+
+
+def test_plain_results_are_judged_as_before():
+    value = "[1, 2.5, 'a', b'b', True, None, 3j, (1, {2}), {'k': frozenset({3})}]"
+    cyclic = "x = []\nx.append(x)\n"
+    honest = run_program(f"def f():\n    return {value}\n" + cyclic,
+                         [f"assert f() == {value}", "assert f() != []", "assert f() is not None",
+                          "assert x == x", "assert len(f()) == 9 and f()[0] < 2"])
+    assert honest.status == "passed" and honest.suspicious is None, honest
+    # a dict subclass (MBPP's references return Counter and defaultdict) is compared as its items
+    counts = run_program("import collections\ndef f(s):\n    return collections.Counter(s)\n"
+                         "class Liar(dict):\n    __eq__ = lambda s, o: True\n",
+                         ["assert f('aab') == {'a': 2, 'b': 1}", "assert Liar(a=1) != {'a': 1}"])
+    assert counts.status == "failed" and counts.tests_passed == 1, counts
+    wrong = run_program("def f():\n    return [1, 2]\n", ["assert f() == [1, 3]"])
+    assert wrong.status == "failed" and wrong.suspicious is None, wrong
+    # a test that never compares is not judged: identity cannot be faked
+    assert run_program(ANY + "a = Any()\n", ["assert a is a"]).status == "passed"
+
+
+def test_replacing_builtins_does_not_skip_the_tests():
+    """The child binds exec, compile, type, isinstance before the program runs."""
+    code = "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.isinstance = lambda *a: True\n" \
+           "def add(a, b):\n    return 0\n"
+    res = run_program(code, ["assert add(1, 2) == 3"])
+    assert res.status == "failed" and res.failed_test == "assert add(1, 2) == 3", res
+
+
+def test_the_activation_summary_counts_suspicious_results():
+    from reasonlab.activations import baseline
+
+    row = {"pass": False, "completion_tokens": 3, "completion": "x", "hit_token_limit": False,
+           "activation_files": [], "error_type": "SuspiciousResult"}
+    rows = [{**row, "test_status": "suspicious"}, {**row, "test_status": "failed", "error_type": "AssertionError"},
+            {**row, "test_status": "passed", "pass": True, "error_type": None}]
+    summary = baseline.summarize(rows)
+    assert summary["suspicious"] == 1 and summary["passed"] == 1, summary

@@ -31,7 +31,7 @@ from reasonlab.activations.run_files import (ACTIVATIONS, CHECKPOINT, EXCLUSIONS
                                              now_utc, read_rows, save_activations)
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json, write_parquet
-from reasonlab.sandbox import extract_code, run_many
+from reasonlab.sandbox import run_many
 
 VERSION = "2"  # 2: named files, measured batch timing, time-limit column, exact checkpoints, memory
 
@@ -40,7 +40,7 @@ VERSION = "2"  # 2: named files, measured batch timing, time-limit column, exact
 
 def _rows_for(problems: list[dict], prompts: list[str], outs: list[dict], config: BaselineConfig,
               act_dir: Path, attempts: int, batch_id: str) -> list[dict]:
-    codes = [extract_code(o["completion"]) for o in outs]
+    codes = [codegen.extract_code(o["completion"]) for o in outs]
     jobs = [{"code": c, "tests": list(p["test_list"]), "setup_code": p.get("test_setup_code") or "",
              "timeout_s": config.sandbox_timeout_s} for c, p in zip(codes, problems)]
     start = time.perf_counter()

@@ -10,6 +10,7 @@ Each output carries its completion, token counts, timings and the captured resid
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -150,3 +151,17 @@ def _split_outputs(model, tokenizer, enc: dict, out, capture: ResidualCapture | 
             }
         results.append(row)
     return results
+
+
+_PY_FENCE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_ANY_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(completion: str) -> str:
+    """The Python code in an LLM completion: the first ```python block, else the first fenced
+    block of any language, else the raw text. An unclosed fence (a cut-off completion) runs to the end."""
+    for pattern in (_PY_FENCE, _ANY_FENCE):
+        m = pattern.search(completion)
+        if m:
+            return m.group(1).rstrip() + "\n"
+    return completion

@@ -49,6 +49,7 @@ def summarize(rows: list[dict], excluded: int = 0) -> dict[str, Any]:
             errors[key] = errors.get(key, 0) + 1
     return {
         "problems": generated + excluded, "generated": generated, "excluded": excluded, "passed": passed,
+        "suspicious": sum(r["test_status"] == "suspicious" for r in rows),  # a result that compared as anything
         **rate_fields("pass_rate", passed, generated + excluded),
         **rate_fields("pass_rate_generated", passed, generated),
         "status_counts": {s: sum(r["test_status"] == s for r in rows)
