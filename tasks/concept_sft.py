@@ -11,6 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from reasonlab.concept_sft import evaluate, experiment, prompts, sft_trainer, topk_filter, training_texts
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel, load_model
+from reasonlab.models.scoring import text_perplexity
 from reasonlab.concept_sft.sft_config import parse_sft_config
 from tasks.conventions import task_options
 
@@ -74,6 +75,6 @@ def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], 
     lm, tokenizer = load_model(model, device, dtype)
     rows = evaluate.evaluate_cases(lm, tokenizer, cases, formats, k=k, system_prompt=system_prompt,
                                    answer_prefix=answer_prefix)
-    result = {"rows": rows, "perplexity": evaluate.perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
+    result = {"rows": rows, "perplexity": text_perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
     write_json(out_file, {"model": model.to_dict(), **result})
     return result

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
-from reasonlab.three_stage import metrics
+from reasonlab.models.scoring import heldout_perplexity
 from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
 from reasonlab.three_stage.config import PretrainSettings, ScratchModel
 from reasonlab.three_stage.corpus import load_corpus, pack
@@ -30,26 +30,6 @@ def build_scratch(tokenizer, arch: ScratchModel, seed: int = 0):
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          **arch.model_dump())
     return LlamaForCausalLM(config)
-
-
-def heldout_perplexity(model, blocks: list[list[int]], batch_size: int = 4) -> dict:
-    """Token-level NLL over every predicted position of the held-out blocks, and its perplexity."""
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            ids = torch.tensor(blocks[i:i + batch_size], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                    reduction="sum")
-            total += nll.item()
-            count += ids[:, 1:].numel()
-    model.train(was_training)
-    return {"nll": total / count, "tokens": count, "perplexity": metrics.perplexity(total, count)}
 
 
 def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: Path | str, device: str = "auto",
