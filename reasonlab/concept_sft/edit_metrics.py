@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from reasonlab.markdown import table
+
 FIGURES = ("efficacy", "paraphrase", "neighbourhood", "ppl_change", "p_correct", "p_wrong", "correct_gain")
 
 
@@ -125,15 +127,14 @@ COLUMNS = ["Case", "Text set", "Format", "Wrong", "Correct", "Seeds", "Base p(wr
 
 def results_markdown(summary: list[dict]) -> str:
     """One row per (case, text set, format), one column per figure: mean ± sd over the seeds."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = []
     for r in summary:
         spread = r["gain_beyond_spread"]
-        cells = [r["case"], r.get("text_set") or "—", r["format"], (r["wrong_word"] or "").strip(), r["answer"],
-                 str(r["seeds"]), f"{r['base_p_wrong']:.1%}", f"{r['base_p_correct']:.1%}",
-                 _pm(r["p_wrong"], r["p_wrong_sd"], digits=1), _pm(r["p_correct"], r["p_correct_sd"], digits=1),
-                 _pm(r["efficacy"], r["efficacy_sd"]), _pm(r["paraphrase"], r["paraphrase_sd"]),
-                 _pm(r["base_paraphrase"], None), _pm(r["neighbourhood"], r["neighbourhood_sd"]),
-                 _pm(r["ppl_change"], r["ppl_change_sd"], pct=False),
-                 "—" if spread is None else "yes" if spread else "no", r["verdict"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["case"], r.get("text_set") or "—", r["format"], (r["wrong_word"] or "").strip(), r["answer"],
+                     str(r["seeds"]), f"{r['base_p_wrong']:.1%}", f"{r['base_p_correct']:.1%}",
+                     _pm(r["p_wrong"], r["p_wrong_sd"], digits=1), _pm(r["p_correct"], r["p_correct_sd"], digits=1),
+                     _pm(r["efficacy"], r["efficacy_sd"]), _pm(r["paraphrase"], r["paraphrase_sd"]),
+                     _pm(r["base_paraphrase"], None), _pm(r["neighbourhood"], r["neighbourhood_sd"]),
+                     _pm(r["ppl_change"], r["ppl_change_sd"], pct=False),
+                     "—" if spread is None else "yes" if spread else "no", r["verdict"]])
+    return table(rows, COLUMNS)
