@@ -11,12 +11,12 @@ response tokens. Full fine-tune, or LoRA merged into the checkpoint (the concept
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import read_rows
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.paths import find_input, project_root
 from reasonlab.three_stage.checkpoint import stage_manifest
@@ -44,8 +44,7 @@ def _hash_heldout(text: str, fraction: float, seed: int) -> bool:
 def _file_pairs(path: Path, name: str) -> list[SFTPair]:
     if not path.is_file():
         raise ReasonlabError(f"SFT set {name!r}: no such file {path} (or use 'pubmedqa' / 'pharma')")
-    text = path.read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
+    rows = read_rows(path)
     pairs = []
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
