@@ -209,7 +209,7 @@ def publish(model: str, name: str, summary: dict, markdown: str, pngs: dict[str,
           "ECE": round(c["ece"], 4) if c.get("ece") is not None else None}
          for c in summary["conditions"]], key=key, description=f"{model} on {name}: accuracy per condition")
     create_table_artifact(
-        [{**d, "diff": round(d["diff"], 4), "lo": round(d["lo"], 4), "hi": round(d["hi"], 4)}
+        [{**d, "diff": round(d["diff"], 4), "low": round(d["low"], 4), "high": round(d["high"], 4)}
          for d in summary["differences"]], key=key + "-differences",
         description=f"{model} on {name}: paired differences (bootstrap 95 % CI, McNemar)")
     create_markdown_artifact(

@@ -25,6 +25,7 @@ from typing import Any
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured
+from reasonlab.markdown import table
 from reasonlab.sweeps import SweepMetrics
 
 SWEEP_FIELDS = {"name", "deployment", "model_parameter", "base_parameters", "models", "parameter_sets"}
@@ -142,10 +143,8 @@ def comparison_rows(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "—"
-    return f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")
+def _number(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def comparison_markdown(name: str, deployment: str, rows: list[dict[str, Any]], image: str | None) -> str:
@@ -153,8 +152,7 @@ def comparison_markdown(name: str, deployment: str, rows: list[dict[str, Any]], 
     (`image`: markdown that shows it, or None)."""
     spec = sweep_metrics(deployment)
     cols = ["child", "state", "duration_s", "tasks_cached", "tasks", *spec.columns]
-    lines = [f"# Sweep `{name}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines = [f"# Sweep `{name}`", "", table(rows, cols, fmt=_number).rstrip("\n")]
     extra = spec.notes(rows)
     if extra:
         lines += ["", *extra]

@@ -22,6 +22,7 @@ from blocks.resolve import resolve_model_ref
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import sha256_json, write_json
+from reasonlab.markdown import table
 from reasonlab.models import load_tokenizer, resolve_model
 from reasonlab.three_stage import plots
 from reasonlab.three_stage.config import ThreeStageConfig, load_config, parse_config
@@ -129,12 +130,12 @@ def summary_markdown(results: dict) -> str:
         s = results["sft"]
         lines.append(f"- Stage 2 (SFT, {s['data']['train_pairs']} pairs): held-out loss "
                      f"{s['heldout_loss_before']:.4f} -> {s['heldout_loss_after']:.4f} ({s['steps']} steps)")
-    lines += ["", "| reward model from | held-out accuracy | 95 % CI | mean margin | BT loss | pairs | steps |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in results["reward"].items():
-        h = r["heldout"]
-        lines.append(f"| {name} | {h['accuracy']:.3f} | [{h['ci_low']:.3f}, {h['ci_high']:.3f}] | {h['margin']:+.3f} "
-                     f"| {h['loss']:.4f} | {h['n']} | {r['steps']} |")
+    lines += ["", table([[name, f"{r['heldout']['accuracy']:.3f}",
+                          f"[{r['heldout']['ci_low']:.3f}, {r['heldout']['ci_high']:.3f}]",
+                          f"{r['heldout']['margin']:+.3f}", f"{r['heldout']['loss']:.4f}", r["heldout"]["n"], r["steps"]]
+                         for name, r in results["reward"].items()],
+                        ["reward model from", "held-out accuracy", "95 % CI", "mean margin", "BT loss", "pairs",
+                         "steps"]).rstrip("\n")]
     if results["dpo"]:
         d = results["dpo"]
         lines.append(f"\n- Stage 4 (DPO): log-prob margin {d['logp_margin_before']:+.3f} -> {d['logp_margin_after']:+.3f}; "

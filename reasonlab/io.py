@@ -1,8 +1,9 @@
-"""The one artifact/IO layer: atomic writes, content hashes, plain-data JSON/YAML/parquet."""
+"""The one artifact/IO layer: atomic writes, content hashes, plain-data JSON/YAML/parquet, rows from a data file."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -78,11 +79,52 @@ def read_structured(path: Path | str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ReasonlabError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    return _parse_document(path.read_text(encoding="utf-8"), path, yaml_text=path.suffix in (".yaml", ".yml"))
+
+
+ROW_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml")
+
+
+def read_rows(path: Path | str, under: tuple[str, ...] = (), values: bool = False) -> list[Any]:
+    """The rows of a data file, by its suffix: a JSON list, JSON lines, parquet, CSV or a YAML list
+    (any of the text ones may be gzipped: `.jsonl.gz`).
+
+    A JSON/YAML document that is a mapping gives the list under the first of `under` it holds
+    ({"data": [...]}), or with `values` its values ({id: row, ...}); anything else is one error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReasonlabError(f"{path}: no such file")
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = next((s for s in ROW_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise ReasonlabError(f"{path}: not a rows file (the suffixes read are {', '.join(ROW_SUFFIXES)}, "
+                             f"optionally .gz)")
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    if suffix == ".csv":
+        import pandas as pd
+
+        return pd.read_csv(path, keep_default_na=False).to_dict("records")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if suffix == ".jsonl":
+        return parse_jsonl(text, path)
+    data = _parse_document(text, path, yaml_text=suffix in (".yaml", ".yml"))
+    if isinstance(data, dict):
+        key = next((k for k in under if isinstance(data.get(k), list)), None)
+        data = data[key] if key else list(data.values()) if values else data
+    if not isinstance(data, list):
+        raise ReasonlabError(f"{path}: expected a list of rows"
+                             + (f" (or a mapping with a list under {' / '.join(under)})" if under else ""))
+    return data
+
+
+def _parse_document(text: str, path: Path, yaml_text: bool) -> Any:
     try:
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
+        return yaml.safe_load(text) if yaml_text else json.loads(text)
     except json.JSONDecodeError as e:
         raise ReasonlabError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     except yaml.YAMLError as e:

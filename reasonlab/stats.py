@@ -74,7 +74,9 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 2000,
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
-    """Exact McNemar test on paired outcomes: only_a = a right and b wrong, only_b = the reverse."""
+    """Exact McNemar test on paired outcomes: only_a = a right and b wrong, only_b = the reverse.
+
+    No discordant pair gives p = 1; no pair at all gives p = NaN (an empty sample)."""
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
     if len(a) != len(b):
@@ -83,6 +85,8 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
     only_b = sum(bool(y) and not bool(x) for x, y in zip(a, b))
     both = sum(bool(x) and bool(y) for x, y in zip(a, b))
     neither = len(a) - only_a - only_b - both
+    if not len(a):
+        return {"only_a": 0, "only_b": 0, "n": 0, "p_value": NAN}
     p = 1.0 if only_a + only_b == 0 else float(sm_mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue)
     return {"only_a": only_a, "only_b": only_b, "n": len(a), "p_value": p}
 

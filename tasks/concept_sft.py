@@ -17,6 +17,7 @@ from reasonlab.concept_sft.sft_config import SFTConfig, parse_sft_config
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel, load_model
+from reasonlab.models.scoring import text_perplexity
 from tasks.artifacts import image_markdown, publish_image, publish_run_folder
 from tasks.conventions import task_options
 from tasks.prompt_generation import generate_prompts, resolve_endpoint
@@ -82,7 +83,7 @@ def evaluate_model(model: ResolvedModel, cases: list[dict], formats: list[str], 
     lm, tokenizer = load_model(model, device, dtype)
     rows = evaluate.evaluate_cases(lm, tokenizer, cases, formats, k=k, system_prompt=system_prompt,
                                    answer_prefix=answer_prefix)
-    result = {"rows": rows, "perplexity": evaluate.perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
+    result = {"rows": rows, "perplexity": text_perplexity(lm, tokenizer, evaluate.load_heldout(heldout))}
     write_json(out_file, {"model": model.to_dict(), **result})
     return result
 

@@ -39,13 +39,23 @@ def test_gsm8k_and_hotpot_metrics():
     assert metrics.hotpot_em("the Eiffel Tower", "Eiffel tower.") == 1.0
     assert metrics.hotpot_f1("yes", "no") == 0.0
     assert metrics.hotpot_f1("Dambovita River", "the river Dambovita flows") == pytest.approx(0.8)  # P 2/3, R 1
+
+
+def test_report_difference_is_this_row_minus_the_baseline():
+    from reasonlab.dspy_compile import report
+
+    def result(approach, scores):
+        rows = [{"id": i, "score": float(x)} for i, x in enumerate(scores)]
+        summary = {"n": len(rows), "score": sum(scores) / len(scores), "ci_low": 0.1, "ci_high": 0.9,
+                   "parse_failures": 0, "errors": 0, "prompt_tokens_per_ex": 1.0, "completion_tokens_per_ex": 1.0,
+                   "compute_s_per_ex": 1.0, "cost_usd_per_ex": 0.0, "latency_s_per_ex": 1.0}
+        return {"model": "m", "approach": approach, "rows": rows, "summary": summary}
+
     better, worse = [1, 1, 1, 0, 1, 1, 1, 1] * 4, [0, 0, 1, 0, 0, 1, 0, 0] * 4
-    d = metrics.paired_bootstrap(better, worse)
-    assert d["diff"] == pytest.approx(0.625) and 0 < d["lo"] <= d["diff"] <= d["hi"] and d["p_le_0"] == 0.0
-    same = metrics.paired_bootstrap(better, better)
-    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_le_0": 1.0}
-    with pytest.raises(ValueError, match="same examples"):
-        metrics.paired_bootstrap([1], [1, 0])
+    rows = report.table([result("cot", worse), result("manual", better)], "gsm8k", baseline="cot")
+    assert rows[0]["vs cot"] == "" and rows[1]["vs cot"].startswith("+0.625 [+")
+    text = report.markdown(rows)
+    assert text.splitlines()[1] == "|" + "---|" * len(rows[0]) and "| m | manual | 0.875 | [0.100, 0.900] |" in text
 
 
 def test_parse_failures_and_errors_are_rows_not_crashes():

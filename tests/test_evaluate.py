@@ -9,7 +9,8 @@ import torch
 
 from reasonlab.concept_sft import answer_prob as AP
 from reasonlab.concept_sft.edit_metrics import aggregate, beyond_spread, case_figures, results_markdown, summarize, verdict
-from reasonlab.concept_sft.evaluate import evaluate_cases, perplexity
+from reasonlab.concept_sft.evaluate import evaluate_cases
+from reasonlab.models.scoring import text_perplexity
 from reasonlab.models import load_model, resolve_model
 
 
@@ -141,7 +142,7 @@ def test_perplexity_is_exp_mean_nll_over_every_predicted_token(stories):
             logp = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
         nll -= float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
         n += len(ids) - 1
-    assert perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert text_perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-5)
 
 
 def row(kind, text, pc, pw=None, *, nll=(1.0, 2.0), edited=None, greedy=" y", says=False, top1=" a"):

@@ -198,11 +198,25 @@ def test_metrics_on_known_values():
     assert metrics.kl_divergence([1, 0], [0.5, 0.5]) == pytest.approx(1.0)
     assert metrics.brier([[1, 0, 0, 0], [0.25] * 4], [0, 1]) == pytest.approx((0 + 0.75)/ 2)
     assert metrics.expected_calibration_error([[0.9, 0.1], [0.9, 0.1]], [0, 1]) == pytest.approx(0.4)
-    m = metrics.mcnemar([False] * 10 + [True] * 5, [True] * 10 + [True] * 5)
-    assert (m["b01"], m["b10"]) == (10, 0) and m["p_value"] == pytest.approx(2 * 0.5 ** 10)
-    d = metrics.paired_bootstrap_diff([False] * 50 + [True] * 50, [True] * 100, n_boot=500)
-    assert d["diff"] == 0.5 and d["lo"] < 0.5 < d["hi"]
     assert metrics.letter_distribution(["A", "A", "B", "D"]) == {"A": 0.5, "B": 0.25, "C": 0.0, "D": 0.25}
+
+
+def test_differences_are_condition_minus_reference_with_mcnemar_counts_in_that_order():
+    from reasonlab.retrieval.report import summarize, summary_markdown
+
+    questions = [{"id": i, "options": {"A": "x", "B": "y", "C": "z", "D": "w"}} for i in range(20)]
+
+    def rows(n_right):
+        return [{"id": i, "answer": "A", "pred": "A" if i < n_right else "B", "probs": [0.25] * 4,
+                 "letter_mass": 1.0} for i in range(20)]
+
+    summary = summarize(questions, {"none": rows(5), "top1": rows(15)}, n_boot=300)
+    (d,) = summary["differences"]
+    assert d["comparison"] == "top1 - none" and d["diff"] == pytest.approx(0.5) and 0 < d["low"] < 0.5 < d["high"]
+    assert (d["only_a"], d["only_b"], d["n"]) == (10, 0, 20) and d["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    assert summary["conditions"][1]["acc"] == 0.75 and summary["conditions"][1]["acc_ci"][0] < 0.75
+    text = summary_markdown("t", summary)
+    assert "| top1 - none | acc | 20 | +50.0 | [+" in text and "| 10/0 | 0.00195 |" in text
 
 
 # ---------------------------------------------------------------- the flow, end to end

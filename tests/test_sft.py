@@ -28,6 +28,8 @@ def test_sft_changes_parameters_and_saves_hf_checkpoint(which, lora, stories_pat
     seen = []
     summary = run_sft(resolve_model(str(folder)), config, out, progress=lambda s, n, loss: seen.append((s, n)))
     assert summary["steps"] == 4 and seen[-1] == (4, 4) and len(summary["losses"]) == 4
+    n_weights = sum(v.numel() for v in weights(folder).values())
+    assert 0 < summary["trainable_params"] < n_weights / 10 if lora else summary["trainable_params"] > 0
     before, after = weights(folder), weights(out)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     if lora:  # merged LoRA on q/v: only those projections move

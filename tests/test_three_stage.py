@@ -41,13 +41,11 @@ def write_jsonl(path, rows):
 def test_metrics_ties_are_wrong_and_intervals_are_sane():
     assert metrics.preference_accuracy([1, 2, 3, 0], [0, 2, 4, -1]) == 0.5  # the tie (2, 2) is wrong
     assert metrics.mean_margin([1, 2], [0, 0]) == 1.5
-    lo, hi = metrics.wilson_interval(60, 100)
-    assert 0.50 < lo < 0.51 and 0.69 < hi < 0.70  # the textbook Wilson interval for 60/100
-    assert metrics.wilson_interval(0, 10)[0] == 0.0
-    b_lo, b_hi = metrics.bootstrap_interval([0.0, 1.0] * 50)
-    assert b_lo < 0.5 < b_hi
-    assert metrics.perplexity(0.0, 5) == 1.0
     assert abs(metrics.bradley_terry_loss([0.0], [0.0]) - 0.6931) < 1e-3
+    s = metrics.preference_summary([1.0] * 60 + [0.0] * 40, [0.5] * 100)
+    assert (s["n"], s["accuracy"], s["ties"]) == (100, 0.6, 0)
+    assert 0.50 < s["ci_low"] < 0.51 and 0.69 < s["ci_high"] < 0.70  # the textbook Wilson interval for 60/100
+    assert s["margin"] == pytest.approx(0.1) and s["margin_ci_low"] < 0.1 < s["margin_ci_high"]
 
 
 # ---------------------------------------------------------------- bad input, one clear error each

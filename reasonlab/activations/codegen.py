@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 import threading
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from reasonlab.activations.capture import ResidualCapture
+from reasonlab.generation import Generated, generate
 from reasonlab.prompt_format import apply_template
 
 VERSION = "2"  # 2: hit_token_limit / hit_time_limit apart, the batch's measured time per row
@@ -78,15 +79,6 @@ def model_lock(model) -> threading.Lock:
         return _LOCKS.setdefault(id(model), threading.Lock())
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    ids = set()
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
 def generate_batch(model, tokenizer, prompts: Sequence[str], config: GenerationConfig,
                    layers: Sequence[int] = ()) -> list[dict[str, Any]]:
     """Greedy completions for `prompts` in one left-padded `generate` call.
@@ -97,60 +89,34 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: GenerationC
     not measured, so none is given), batch_size and, when `layers` is given,
     activations {layer: {"last_prompt": [D] array, "generated": [T, D] array (capture_generated)}}.
     """
-    tokenizer.padding_side = "left"
     add_special = not chat_prompting(tokenizer, config.use_chat_template)  # a rendered template holds BOS
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
     capture = ResidualCapture(model, layers, over_generated=config.capture_generated) if layers else None
-    with model_lock(model):
-        start = time.perf_counter()
-        out = _generate(model, tokenizer, enc, config, capture)
-        elapsed = time.perf_counter() - start
-    return _split_outputs(model, tokenizer, enc, out, capture, elapsed, len(prompts), config.max_new_tokens)
-
-
-def _generate(model, tokenizer, enc: dict, config: GenerationConfig, capture: ResidualCapture | None):
-    import torch
-
-    kwargs = dict(do_sample=False, max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    if config.max_time_s:
-        kwargs["max_time"] = config.max_time_s
-    with torch.inference_mode():
-        if capture:
-            with capture:
-                return model.generate(**enc, **kwargs)
-        return model.generate(**enc, **kwargs)
-
-
-def _split_outputs(model, tokenizer, enc: dict, out, capture: ResidualCapture | None, elapsed: float,
-                   n_prompts: int, max_new_tokens: int) -> list[dict[str, Any]]:
-    prompt_len = enc["input_ids"].shape[1]
+    with model_lock(model), capture or nullcontext():
+        outs = generate(model, tokenizer, prompt_ids, config.max_new_tokens, max_time_s=config.max_time_s)
     acts = capture.result() if capture else {}
-    stops = _stop_ids(model, tokenizer)
-    new = out[:, prompt_len:].tolist()  # [B, T]
-    results = []
-    for i, ids in enumerate(new):
-        n = next((j + 1 for j, t in enumerate(ids) if t in stops), None)
-        stopped = n is not None
-        n = len(ids) if n is None else n
-        row = {
-            "completion": tokenizer.decode(ids[:n], skip_special_tokens=True),
-            "prompt_tokens": int(enc["attention_mask"][i].sum()),
-            "completion_tokens": n,
-            # no stop token: either all max_new_tokens were generated, or max_time cut the batch short
-            "hit_token_limit": not stopped and n >= max_new_tokens,
-            "hit_time_limit": not stopped and n < max_new_tokens,
-            "batch_generation_s": elapsed,
-            "batch_size": n_prompts,
+    return [_result(out, i, acts, config.max_new_tokens) for i, out in enumerate(outs)]
+
+
+def _result(out: Generated, i: int, acts: dict, max_new_tokens: int) -> dict[str, Any]:
+    n = out.completion_tokens
+    row = {
+        "completion": out.text,
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": n,
+        # no stop token: either all max_new_tokens were generated, or max_time cut the batch short
+        "hit_token_limit": not out.stopped and n >= max_new_tokens,
+        "hit_time_limit": not out.stopped and n < max_new_tokens,
+        "batch_generation_s": out.batch_seconds,
+        "batch_size": out.batch_size,
+    }
+    if acts:
+        row["activations"] = {
+            layer: {"last_prompt": a["last_prompt"][i].numpy(),
+                    **({"generated": a["generated"][i, :n].numpy()} if "generated" in a else {})}
+            for layer, a in acts.items()
         }
-        if acts:
-            row["activations"] = {
-                layer: {"last_prompt": a["last_prompt"][i].numpy(),
-                        **({"generated": a["generated"][i, :n].numpy()} if "generated" in a else {})}
-                for layer, a in acts.items()
-            }
-        results.append(row)
-    return results
+    return row
 
 
 _PY_FENCE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)

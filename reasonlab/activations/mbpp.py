@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import read_jsonl
+from reasonlab.io import read_rows
 from reasonlab.paths import shared_data_dir
 
 SPLITS = ("sae", "hyperparams", "validation")
@@ -99,18 +98,7 @@ def _normalize(rows: list[dict], source: str) -> list[dict]:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ReasonlabError(f"{path}: no such MBPP file (pass a parquet/jsonl path, or 'hub')")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict("records")
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, list) else data.get("rows", [])
-    raise ReasonlabError(f"{path}: unknown MBPP file type {path.suffix!r} (use .parquet, .jsonl or .json)")
+    return read_rows(path, under=("rows",))
 
 
 def _hub_rows() -> list[dict]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from reasonlab.markdown import table
+
 FIGURES = ("says_answer", "efficacy_prob", "efficacy_nll", "paraphrase_nll", "paraphrases_newly_said",
            "neighbourhood_nll", "neighbours_leaked", "neighbours_moved", "ppl_change", "p_correct", "p_wrong",
            "correct_gain")
@@ -168,7 +170,7 @@ COLUMNS = ["Case", "Text set", "Format", "Wrong", "Correct", "Seeds", "Base answ
 
 def results_markdown(summary: list[dict]) -> str:
     """One row per (case, text set, format), one column per figure: mean ± sd over the seeds."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = []
     for r in summary:
         spread = r["gain_beyond_spread"]
         cells = [r["case"], r.get("text_set") or "—", r["format"], (r["wrong_word"] or "").strip(), r["answer"],
@@ -183,5 +185,5 @@ def results_markdown(summary: list[dict]) -> str:
                  _pm(r["neighbours_moved"], r["neighbours_moved_sd"]),
                  _pm(r["ppl_change"], r["ppl_change_sd"], pct=False),
                  "—" if spread is None else "yes" if spread else "no", r["verdict"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return table(rows, COLUMNS)

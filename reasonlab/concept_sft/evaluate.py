@@ -8,13 +8,12 @@ Per (case, format) and per text shown (the prompt, each paraphrase, each neighbo
     p_edited / nll_edited         on a neighbour: the same for the case's answer (the edit leaking in there)
     greedy, says_answer           the model's greedy answer to the text, and whether it is the row's answer
     top_k, top1                   the next-token top-k
-On a neighbour the row's answer is the neighbour's own and there is no wrong word. Plus `perplexity` on
-general held-out text (fluency). The comparison base vs SFT is `edit_metrics`.
+On a neighbour the row's answer is the neighbour's own and there is no wrong word. Fluency:
+`reasonlab.models.scoring.text_perplexity`. The comparison base vs SFT is `edit_metrics`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from reasonlab.concept_sft import answer_prob as AP
@@ -76,15 +75,3 @@ def load_heldout(path: Path | str) -> list[str]:
         raise ReasonlabError(f"held-out text {path} holds no paragraphs")
     return texts
 
-
-def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 256, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) over every predicted token of `texts` (each cut to `max_tokens`)."""
-    import torch
-
-    seqs = [tokenizer.encode(t)[:max_tokens] for t in texts]
-    nll, n = 0.0, 0
-    for i, logp in AP.forward_logprobs(model, tokenizer, seqs, batch_size):
-        targets = torch.tensor(seqs[i][1:])
-        nll -= float(logp[:-1].gather(1, targets[:, None]).sum())
-        n += len(targets)
-    return math.exp(nll / n)

@@ -16,6 +16,7 @@ from pathlib import Path
 from reasonlab.concept_sft import evaluate, sft_trainer
 from reasonlab.concept_sft.sft_config import SFTConfig
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, resolve_model
+from reasonlab.models.scoring import text_perplexity
 from reasonlab.prompt_format import build_training_text
 
 VERSION = "1"
@@ -42,7 +43,7 @@ def run_experiment(base: ResolvedModel, config: SFTConfig, cases: list[dict], fo
         model, tokenizer = load_fresh(resolve_model(sft["checkpoint"]), config.device, config.dtype)
         rows = evaluate.evaluate_cases(model, tokenizer, cases, formats, k=k, system_prompt=config.system_prompt,
                                        answer_prefix=answer_prefix)
-        ppl = evaluate.perplexity(model, tokenizer, heldout)
+        ppl = text_perplexity(model, tokenizer, heldout)
         del model
     return {"seed": config.seed, "rows": rows, "perplexity": ppl, "losses": sft["losses"], "steps": sft["steps"],
             "train_tokens": budget_tokens(base, config, config.texts),

@@ -1,4 +1,4 @@
-"""The SFT config: the seed's YAML fields, typed, with a LoRA option.
+"""The SFT config: the YAML fields of a concept-SFT training run, typed, with a LoRA option.
 
     model_name: smollm2-135m-instruct   # registry name, local folder or Hub id
     epochs: 5
@@ -15,15 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from reasonlab.errors import check_model
 from reasonlab.io import read_structured
 from reasonlab.models import DEFAULT_MODEL
-
-
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(8, ge=1, description="rank of the LoRA update")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] = Field(["q_proj", "v_proj"], description="module names to adapt")
+from reasonlab.training import LoraSettings
 
 
 class SFTConfig(BaseModel):

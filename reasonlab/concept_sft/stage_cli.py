@@ -213,7 +213,8 @@ def load_target_cases(path: str) -> list[dict]:
 def run_evaluate(args: argparse.Namespace) -> dict:
     from reasonlab import paths
     from reasonlab.concept_sft import edit_metrics as M
-    from reasonlab.concept_sft.evaluate import evaluate_cases, load_heldout, perplexity
+    from reasonlab.concept_sft.evaluate import evaluate_cases, load_heldout
+    from reasonlab.models.scoring import text_perplexity
     from reasonlab.io import write_json, write_text
     from reasonlab.models import load_model, resolve_model
     from reasonlab.prompt_format import require_formats
@@ -230,7 +231,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         scored[role] = {"model": resolved.to_dict(),
                         "rows": evaluate_cases(model, tokenizer, cases, args.formats, k=args.top_k,
                                                system_prompt=args.system_prompt, answer_prefix=args.answer_prefix),
-                        "perplexity": perplexity(model, tokenizer, heldout)}
+                        "perplexity": text_perplexity(model, tokenizer, heldout)}
     result = dict(scored)
     if args.base:
         result["figures"] = M.summarize(scored["base"], [scored["model"]], cases, args.formats,

@@ -15,7 +15,6 @@ subsets are disjoint draws from that one file (questions without paragraphs are 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import sha256_json
+from reasonlab.io import read_rows, sha256_json
 
 VERSION = "1"
 TASKS = ("gsm8k", "hotpotqa")
@@ -39,20 +38,7 @@ def check_task(task: str) -> str:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ReasonlabError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReasonlabError(f"data file {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if isinstance(data, dict) and "data" in data:
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ReasonlabError(f"data file {path}: expected a list of examples (or JSON lines)")
-    return data
+    return read_rows(path, under=("data",))
 
 
 def _check_fields(rows: list[dict], task: str, where: str) -> None:

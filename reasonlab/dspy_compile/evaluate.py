@@ -17,6 +17,7 @@ from typing import Any
 
 import dspy
 
+from reasonlab import stats
 from reasonlab.dspy_compile import metrics, programs
 
 VERSION = "1"
@@ -99,13 +100,13 @@ def summarize(rows: list[dict], task: str, cost_of) -> dict[str, Any]:
     ct = sum(r["completion_tokens"] for r in rows)
     cs = sum(r["compute_s"] for r in rows)
     scores = [r["score"] for r in rows]
-    lo, hi = metrics.bootstrap_ci(scores)
-    out = {"n": len(rows), "score": metrics.mean(scores), "ci_lo": lo, "ci_hi": hi,
+    low, high = stats.bootstrap_ci(scores)
+    out = {"n": len(rows), "score": stats.mean(scores), "ci_low": low, "ci_high": high,
            "parse_failures": sum(r["status"] == "parse_error" for r in rows),
            "errors": sum(r["status"] == "error" for r in rows),
            "prompt_tokens_per_ex": pt / n, "completion_tokens_per_ex": ct / n, "compute_s_per_ex": cs / n,
            "cost_usd_per_ex": cost_of(pt, ct, cs) / n, "latency_s_per_ex": sum(r["latency_s"] for r in rows) / n,
            "lm_calls": sum(r["lm_calls"] for r in rows)}
     if task == "hotpotqa":
-        out["f1"] = metrics.mean([r["f1"] for r in rows])
+        out["f1"] = stats.mean([r["f1"] for r in rows])
     return out

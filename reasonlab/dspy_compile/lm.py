@@ -31,6 +31,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm would f
 
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
+from reasonlab.generation import generate
 
 VERSION = "1"
 STOP = "[[ ## completed ## ]]"  # DSPy's ChatAdapter end marker: generation stops there (saves CPU time)
@@ -268,37 +269,20 @@ class LocalEngine:
         model, tokenizer = self._load()
         first = jobs[0]
         prompts = [self._prompt_ids(tokenizer, job.messages) for job in jobs]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token comes at the same column
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        gen = dict(max_new_tokens=first.max_new, pad_token_id=pad, stop_strings=list(first.stops), tokenizer=tokenizer)
-        if first.temperature > 0:
-            gen.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-        else:
-            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **gen)
-        share = (time.perf_counter() - started) / len(jobs)
+        if first.temperature > 0 and first.seed is not None:
+            torch.manual_seed(first.seed)
+        outs = generate(model, tokenizer, prompts, first.max_new, stop_strings=first.stops,
+                        temperature=first.temperature, top_p=first.top_p)
         self.batch_sizes.append(len(jobs))
-        for i, job in enumerate(jobs):
-            new = out[i, width:].tolist()
-            while new and new[-1] == pad:  # a row that finished early is padded to the batch's length
-                new.pop()
-            text = tokenizer.decode(new, skip_special_tokens=True)
-            finish = "stop"
+        for job, out in zip(jobs, outs):
+            text, finish = out.text, "stop"
             if any(s in text for s in job.stops):
                 cut = min(text.index(s) + (len(s) if s == STOP else 0) for s in job.stops if s in text)
                 text = text[:cut]
-            elif len(new) >= job.max_new:
+            elif out.completion_tokens >= job.max_new:
                 finish = "length"
-            job.result = (text, finish, len(prompts[i]), len(new), share, len(jobs))
+            job.result = (text, finish, out.prompt_tokens, out.completion_tokens, out.batch_seconds / len(jobs),
+                          len(jobs))
         with _LEDGER_LOCK:
             _GENERATIONS += len(jobs)
 

@@ -1,13 +1,11 @@
-"""Metrics as pure functions: GSM8K numeric exact match, HotPotQA EM/F1 (official normalisation),
-and paired bootstrap confidence intervals between two approaches scored on the same examples."""
+"""Metrics as pure functions: GSM8K numeric exact match, HotPotQA EM/F1 (official normalisation).
+Means, intervals and paired differences come from `reasonlab.stats`."""
 
 from __future__ import annotations
 
 import collections
-import random
 import re
 import string
-from typing import Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -73,35 +71,3 @@ def score(task: str, gold: str, predicted: object) -> dict[str, float]:
 
 def headline(task: str) -> str:
     return "accuracy" if task == "gsm8k" else "EM"
-
-
-def mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
-def bootstrap_ci(scores: Sequence[float], n: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean."""
-    if not scores:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    k = len(scores)
-    means = sorted(mean([scores[rng.randrange(k)] for _ in range(k)]) for _ in range(n))
-    return means[int(alpha / 2 * n)], means[min(n - 1, int((1 - alpha / 2) * n))]
-
-
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[str, float]:
-    """CI of mean(a) - mean(b) resampling examples jointly; `p_le_0` = share of resamples with diff <= 0."""
-    if len(a) != len(b):
-        raise ValueError(f"paired bootstrap needs scores on the same examples ({len(a)} vs {len(b)})")
-    if not a:
-        return {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_le_0": 1.0}
-    rng = random.Random(seed)
-    k = len(a)
-    diffs = []
-    for _ in range(n):
-        idx = [rng.randrange(k) for _ in range(k)]
-        diffs.append(sum(a[i] - b[i] for i in idx) / k)
-    diffs.sort()
-    return {"diff": mean(a) - mean(b), "lo": diffs[int(alpha / 2 * n)], "hi": diffs[min(n - 1, int((1 - alpha / 2) * n))],
-            "p_le_0": sum(d <= 0 for d in diffs) / n}

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reasonlab import stats
 from reasonlab.dspy_compile import metrics
 from reasonlab.io import atomic_path
+from reasonlab.markdown import table as markdown_table
 
 
 def cost_unit(results: list[dict]) -> str:
@@ -28,7 +30,7 @@ def table(results: list[dict], task: str, baseline: str = "cot") -> list[dict[st
     for r in results:
         s = r["summary"]
         row = {"model": r["model"], "approach": r["approach"] + (" (reference)" if r.get("reference") else ""),
-               metrics.headline(task): round(s["score"], 4), "95% CI": f"[{s['ci_lo']:.3f}, {s['ci_hi']:.3f}]",
+               metrics.headline(task): round(s["score"], 4), "95% CI": f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]",
                "n": s["n"], "parse_failures": s["parse_failures"], "errors": s["errors"],
                "tokens_in/ex": round(s["prompt_tokens_per_ex"], 1), "tokens_out/ex": round(s["completion_tokens_per_ex"], 1),
                "compute_s/ex": round(s["compute_s_per_ex"], 3), "cost_usd/ex": round(s["cost_usd_per_ex"], 6),
@@ -38,8 +40,8 @@ def table(results: list[dict], task: str, baseline: str = "cot") -> list[dict[st
             row["F1"] = round(s["f1"], 4)
         b = base.get(r["model"])
         if b is not None and b is not r and [x["id"] for x in b["rows"]] == [x["id"] for x in r["rows"]]:
-            d = metrics.paired_bootstrap([x["score"] for x in r["rows"]], [x["score"] for x in b["rows"]])
-            row[f"vs {baseline}"] = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            d = stats.paired_bootstrap([x["score"] for x in r["rows"]], [x["score"] for x in b["rows"]])
+            row[f"vs {baseline}"] = _difference(d)
         else:
             row[f"vs {baseline}"] = ""
         rows.append(row)
@@ -47,7 +49,7 @@ def table(results: list[dict], task: str, baseline: str = "cot") -> list[dict[st
 
 
 def reference_rows(results: list[dict], task: str) -> list[dict[str, Any]]:
-    """The seed's row: each small-model approach's score as % of the reference's, at % of its cost."""
+    """Against the reference model: each small-model approach's score as % of the reference's, at % of its cost."""
     refs = [r for r in results if r.get("reference")]
     if not refs:
         return []
@@ -59,23 +61,22 @@ def reference_rows(results: list[dict], task: str) -> list[dict[str, Any]]:
         if r.get("reference"):
             continue
         s = r["summary"]
-        d = (metrics.paired_bootstrap([x["score"] for x in r["rows"]], [x["score"] for x in ref["rows"]])
+        d = (stats.paired_bootstrap([x["score"] for x in r["rows"]], [x["score"] for x in ref["rows"]])
              if [x["id"] for x in r["rows"]] == [x["id"] for x in ref["rows"]] else None)
         out.append({"model": r["model"], "approach": r["approach"], "reference": f"{ref['model']} ({ref['approach']})",
                     "% of reference score": None if ref_score == 0 else round(100 * s["score"] / ref_score, 1),
                     "% of reference cost": None if ref_cost == 0 else round(100 * _cost(s, unit) / ref_cost, 1),
-                    "cost unit": unit, "score - reference": "" if d is None else
-                    f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"})
+                    "cost unit": unit, "score - reference": "" if d is None else _difference(d)})
     return out
 
 
+def _difference(d: dict) -> str:
+    """A paired difference (this row − the other) with its bootstrap 95 % CI."""
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
 def markdown(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, list(rows[0])) if rows else ""
 
 
 def error_samples(results: list[dict], per_row: int = 3) -> list[dict[str, Any]]:
@@ -105,7 +106,8 @@ def plot(results: list[dict], task: str, dest: str | Path) -> Path:
         rs = [r for r in results if r["model"] == model]
         xs = [_cost(r["summary"], unit) for r in rs]
         ys = [r["summary"]["score"] for r in rs]
-        err = [[y - r["summary"]["ci_lo"] for y, r in zip(ys, rs)], [r["summary"]["ci_hi"] - y for y, r in zip(ys, rs)]]
+        err = [[y - r["summary"]["ci_low"] for y, r in zip(ys, rs)],
+               [r["summary"]["ci_high"] - y for y, r in zip(ys, rs)]]
         ax.errorbar(xs, ys, yerr=err, fmt=markers[i % len(markers)], capsize=3, label=model, alpha=0.85,
                     color=f"C{i}")
         for j, (x, y, r) in enumerate(zip(xs, ys, rs)):  # staggered: coinciding points stay readable

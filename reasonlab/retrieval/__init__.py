@@ -7,6 +7,6 @@ offline all-MiniLM-L6-v2; library embeddings cached by library hash + embedder),
 fusion), `retrieve` (rank domains per question, retrieval accuracy), `conditions` (none / top-1 / top-k / oracle /
 random-other instruction per question), `prompts` (lm-evaluation-harness prompt), `option_scoring` (acc from the
 four letters in one forward, acc_norm over a shared prefix, cyclic-permutation debiasing), `metrics` (pure
-functions: accuracy, paired bootstrap, McNemar, entropy, information gain, KL, Brier, ECE), `report` (tables),
+functions: entropy, information gain, KL, Brier, ECE; accuracy, its intervals and McNemar from `reasonlab.stats`), `report` (tables),
 `plots` (PNG files).
 """

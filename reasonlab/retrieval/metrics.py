@@ -1,5 +1,6 @@
-"""Metrics as pure functions of plain lists: accuracy, paired bootstrap CIs, McNemar, entropy, information gain,
-KL divergence, Brier score, expected calibration error and the reliability-diagram bins. Entropies are in bits."""
+"""Metrics as pure functions of plain lists: accuracy, entropy, information gain, KL divergence, Brier score,
+expected calibration error and the reliability-diagram bins. Entropies are in bits. Intervals and tests
+(bootstraps, McNemar) come from `reasonlab.stats`."""
 
 from __future__ import annotations
 
@@ -7,45 +8,6 @@ import math
 from collections import Counter
 
 import numpy as np
-
-
-def accuracy(correct: list[bool]) -> float:
-    return float(np.mean(correct)) if len(correct) else float("nan")
-
-
-def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of one accuracy."""
-    x = np.asarray(correct, dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, 1 - (1 - level) / 2))
-
-
-def paired_bootstrap_diff(a: list[bool], b: list[bool], n_boot: int = 2000, seed: int = 0,
-                          level: float = 0.95) -> dict[str, float]:
-    """acc(b) - acc(a) on the same questions, with a paired percentile bootstrap CI (questions resampled together)."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in size: {x.size} vs {y.size}")
-    if x.size == 0:
-        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    d = y - x
-    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
-    means = d[idx].mean(axis=1)
-    return {"diff": float(d.mean()), "lo": float(np.quantile(means, (1 - level) / 2)),
-            "hi": float(np.quantile(means, 1 - (1 - level) / 2))}
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> dict[str, float]:
-    """Exact McNemar test (two-sided binomial on the discordant pairs): b01 = a wrong & b right, b10 = the reverse."""
-    from scipy.stats import binomtest
-
-    b01 = sum((not x) and y for x, y in zip(a, b))
-    b10 = sum(x and (not y) for x, y in zip(a, b))
-    p = 1.0 if b01 + b10 == 0 else float(binomtest(b01, b01 + b10, 0.5).pvalue)
-    return {"b01": b01, "b10": b10, "p_value": p}
 
 
 def entropy(p: list[float]) -> float:

@@ -11,13 +11,12 @@ Every row is checked: an answer letter that is not among the options is one clea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import read_jsonl, read_structured
+from reasonlab.io import read_rows
 
 LETTERS = "ABCDEFGH"
 SEED_FILE = "data/retrieval_seed_questions.yaml"
@@ -79,14 +78,7 @@ def normalize(row: dict[str, Any], where: str, source: str = "") -> dict[str, An
 
 
 def _rows_from_file(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    data = read_structured(path)
-    if isinstance(data, dict) and isinstance(data.get("questions"), list):
-        data = data["questions"]
-    if not isinstance(data, list):
-        raise ReasonlabError(f"{path}: expected a list of questions")
-    return data
+    return read_rows(path, under=("questions",))
 
 
 def load_file(path: Path | str, source: str | None = None, start: int = 0, limit: int | None = None) -> list[dict]:

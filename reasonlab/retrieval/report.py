@@ -4,7 +4,9 @@
   conditions   one row per condition: n, acc / acc (debiased) / acc_norm with bootstrap 95 % CIs, the predicted-letter
                shares, mean entropy, information gain and KL against `none`, Brier, ECE (on the main distribution)
   differences  every condition against `none` (and top-1 against the random-other control), paired on the shared
-               questions: difference, paired-bootstrap 95 % CI, exact McNemar p
+               questions: difference condition − reference with its paired-bootstrap 95 % CI (`diff`, `low`, `high`),
+               exact McNemar p with `only_a` / `only_b` = questions right only under the condition / only under the
+               reference
   info_gain    per-question H(none) - H(condition), for the histogram
   reliability  reliability-diagram bins per condition
 The main distribution is the debiased one when the run debiased, else the plain letter softmax.
@@ -12,8 +14,11 @@ The main distribution is the debiased one when the run debiased, else the plain 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from reasonlab import stats
+from reasonlab.markdown import cell, table
 from reasonlab.retrieval import metrics
 
 VARIANTS = {"acc": ("pred", "probs"), "acc_debiased": ("debiased_pred", "debiased_probs"),
@@ -41,9 +46,8 @@ def summarize(questions: list[dict], scored: dict[str, list[dict]], n_boot: int 
         row: dict[str, Any] = {"condition": condition, "n": len(rows)}
         for v in _variants(rows):
             correct = [r[VARIANTS[v][0]] == r["answer"] for r in rows]
-            lo, hi = metrics.bootstrap_ci(correct, n_boot, seed)
-            row[v] = metrics.accuracy(correct)
-            row[f"{v}_ci"] = [lo, hi]
+            row[v] = stats.mean(correct)
+            row[f"{v}_ci"] = list(stats.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
         row["pred_letters"] = metrics.letter_distribution([r["pred"] for r in rows])
         if "debiased_pred" in rows[0]:
             row["debiased_pred_letters"] = metrics.letter_distribution([r["debiased_pred"] for r in rows])
@@ -71,11 +75,11 @@ def summarize(questions: list[dict], scored: dict[str, list[dict]], n_boot: int 
             continue
         for v in _variants(scored[cond]):
             key = VARIANTS[v][0]
-            a = [x[key] == x["answer"] for x, _ in paired]
-            b = [y[key] == y["answer"] for _, y in paired]
-            diff = metrics.paired_bootstrap_diff(a, b, n_boot, seed)
-            differences.append({"comparison": f"{cond} - {ref}", "metric": v, "n": len(paired), **diff,
-                                **metrics.mcnemar(a, b)})
+            ref_correct = [x[key] == x["answer"] for x, _ in paired]
+            cond_correct = [y[key] == y["answer"] for _, y in paired]
+            diff = stats.paired_bootstrap(cond_correct, ref_correct, n_boot=n_boot, seed=seed)
+            differences.append({"comparison": f"{cond} - {ref}", "metric": v, **diff,
+                                **stats.mcnemar(cond_correct, ref_correct)})
     return {"distribution": dist, "conditions": conditions, "differences": differences, "info_gain": info_gain,
             "reliability": reliability}
 
@@ -92,32 +96,35 @@ def _letters(d: dict | None) -> str:
     return "—" if not d else " ".join(f"{k}{100 * v:.0f}" for k, v in d.items())
 
 
-def summary_markdown(title: str, summary: dict, retrieval: list[dict] | None = None) -> str:
-    conds = summary["conditions"]
-    lines = [f"## {title}", "", f"Accuracy in % with bootstrap 95 % CIs; predicted-letter shares in %; entropy, "
-             f"information gain (vs none) and KL in bits on `{summary['distribution']}`.", "",
-             "| condition | n | acc | acc (debiased) | acc_norm | predicted letters | debiased letters | gold letters "
-             "| entropy | info gain | KL | Brier | ECE | letter mass |",
-             "|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+CONDITION_COLUMNS = ["condition", "n", "acc", "acc (debiased)", "acc_norm", "predicted letters", "debiased letters",
+                     "gold letters", "entropy", "info gain", "KL", "Brier", "ECE", "letter mass"]
+DIFFERENCE_COLUMNS = ["comparison", "metric", "n", "difference (pp)", "95 % CI",
+                      "McNemar: right only in first / only in second", "p"]
 
-    def num(v):
-        return "—" if v is None else f"{v:.3f}"
 
-    for c in conds:
-        if not c["n"]:
-            lines.append(f"| {c['condition']} | 0 | n/a (no question with a known domain) |||||||||||")
-            continue
-        lines.append("| " + " | ".join([
-            c["condition"], str(c["n"]), _pct(c.get("acc")) + _ci(c.get("acc_ci")),
+def _condition_cells(c: dict) -> list:
+    if not c["n"]:
+        return [c["condition"], 0, "n/a (no question with a known domain)"] + [""] * (len(CONDITION_COLUMNS) - 3)
+    num = partial(cell, fmt=".3f")
+    return [c["condition"], c["n"], _pct(c.get("acc")) + _ci(c.get("acc_ci")),
             _pct(c.get("acc_debiased")) + _ci(c.get("acc_debiased_ci")), _pct(c.get("acc_norm")) + _ci(c.get("acc_norm_ci")),
             _letters(c.get("pred_letters")), _letters(c.get("debiased_pred_letters")), _letters(c.get("gold_letters")),
             num(c.get("entropy_bits")), num(c.get("info_gain_bits")), num(c.get("kl_bits")), num(c.get("brier")),
-            num(c.get("ece")), num(c.get("letter_mass"))]) + " |")
-    lines += ["", "| comparison | metric | n | difference (pp) | 95 % CI | McNemar b01/b10 | p |", "|---|---|---:|---:|---|---|---:|"]
-    for d in summary["differences"]:
-        lines.append(f"| {d['comparison']} | {d['metric']} | {d['n']} | {100 * d['diff']:+.1f} | "
-                     f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] | {d['b01']}/{d['b10']} | {d['p_value']:.3g} |")
+            num(c.get("ece")), num(c.get("letter_mass"))]
+
+
+def summary_markdown(title: str, summary: dict, retrieval: list[dict] | None = None) -> str:
+    lines = [f"## {title}", "", f"Accuracy in % with bootstrap 95 % CIs; predicted-letter shares in %; entropy, "
+             f"information gain (vs none) and KL in bits on `{summary['distribution']}`. A comparison `x - y` is "
+             f"x minus y.", "",
+             table([_condition_cells(c) for c in summary["conditions"]], CONDITION_COLUMNS,
+                   align="lrllllllrrrrrr").rstrip("\n"), "",
+             table([[d["comparison"], d["metric"], d["n"], f"{100 * d['diff']:+.1f}",
+                     f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]", f"{d['only_a']}/{d['only_b']}",
+                     f"{d['p_value']:.3g}"] for d in summary["differences"]], DIFFERENCE_COLUMNS,
+                   align="llrrllr").rstrip("\n")]
     if retrieval:
-        lines += ["", "| retriever | top-k | questions with a known domain | retrieval accuracy |", "|---|---:|---:|---:|"]
-        lines += [f"| {r['method']} | {r['k']} | {r['n_known']} | {_pct(r['accuracy'])} |" for r in retrieval]
+        lines += ["", table([[r["method"], r["k"], r["n_known"], _pct(r["accuracy"])] for r in retrieval],
+                            ["retriever", "top-k", "questions with a known domain", "retrieval accuracy"],
+                            align="lrrr").rstrip("\n")]
     return "\n".join(lines) + "\n"

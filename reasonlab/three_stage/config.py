@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reasonlab.concept_sft.sft_config import LoraSettings
+from reasonlab.training import LoraSettings
 from reasonlab.io import read_structured
 from reasonlab.models import DEFAULT_MODEL
 from reasonlab.three_stage.reward_config import RewardSettings, parse_settings

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import read_jsonl
+from reasonlab.io import read_rows
 from reasonlab.paths import find_input, shared_data_dir
 
 PUBMEDQA = "pubmedqa"  # alias: shared/data/pubmedqa contexts (+ long answers), held-out = the test ids
@@ -68,13 +68,7 @@ def _read_texts(path: Path, text_field: str) -> list[str]:
         return [t for f in files for t in _read_texts(f, text_field)]
     if path.suffix in (".txt", ".md"):  # documents separated by blank lines
         return [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    if path.suffix == ".jsonl":
-        rows = read_jsonl(path)
-    elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        rows = list(rows.values()) if isinstance(rows, dict) else rows
-    else:
-        raise ReasonlabError(f"{path}: unsupported corpus file type {path.suffix!r} (use .txt, .md, .json, .jsonl)")
+    rows = read_rows(path, values=True)
     texts = []
     for n, row in enumerate(rows, 1):
         if isinstance(row, str):

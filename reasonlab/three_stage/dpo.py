@@ -14,10 +14,12 @@ from pathlib import Path
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
-from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.checkpoint import stage_manifest
 from reasonlab.three_stage.config import DPOSettings
 from reasonlab.three_stage.reward_config import RewardSettings
 from reasonlab.three_stage.reward_model import prepare_pairs
+from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
+                                trainer_kwargs)
 
 VERSION = "1"
 
@@ -61,7 +63,6 @@ def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSetti
             device: str = "auto", dtype: str = "auto", progress: Progress | None = None) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -74,17 +75,13 @@ def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSetti
     if not getattr(tokenizer, "chat_template", None):
         raise ReasonlabError(f"model {start.name!r} has no chat template: DPO here uses conversational pairs")
     ref_chosen, ref_rejected = response_logprobs(model, tokenizer, heldout, settings.max_length)
-    peft_config = None
-    if settings.lora:
-        peft_config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                                 target_modules=settings.lora.target_modules, task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory(prefix="reasonlab-dpo-") as scratch:
         args = DPOConfig(output_dir=scratch, beta=settings.beta, max_length=settings.max_length,
                          **trainer_kwargs(dev, torch_dtype, settings.seed, settings.epochs, settings.learning_rate,
                                           settings.batch_size, 1, 0.0))
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([_conversation(p) for p in train]),
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=[progress_callback(progress)] if progress else None)
+                             processing_class=tokenizer, peft_config=lora_config(settings.lora),
+                             callbacks=progress_callbacks(progress))
         trainer.remove_callback(PrinterCallback)
         trainable, total = count_trainable(trainer.model)
         result = trainer.train()
@@ -99,9 +96,8 @@ def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSetti
            "logp_accuracy_before": metrics.preference_accuracy(ref_chosen, ref_rejected),
            "logp_accuracy_after": metrics.preference_accuracy(pol_chosen, pol_rejected),
            "implicit_reward": metrics.preference_summary(implicit_c, implicit_r),
-           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
+           "train_losses": log_rows(trainer),
            "trainable_params": trainable, "total_params": total, "steps": trainer.state.global_step,
            "train_runtime_s": result.metrics.get("train_runtime")}
-    out["checkpoint"] = save_checkpoint(policy, tokenizer, output_dir, f"{start.name}-dpo", start, "dpo",
-                                        settings.model_dump(), out)
+    out["checkpoint"] = save_checkpoint(policy, tokenizer, output_dir, stage_manifest(start, "dpo", settings), out)
     return out

@@ -13,7 +13,6 @@ replies survive) or drops them (`"drop"`), and refuses a setting that would drop
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import parse_jsonl
+from reasonlab.io import read_rows
 from reasonlab.paths import find_input, project_root, shared_data_dir
 
 HH = "\n\nHuman:"
@@ -57,18 +56,7 @@ def named_path(name: str) -> Path:
 def _read_rows(path: Path) -> list:
     if not path.is_file():
         raise ReasonlabError(f"preference file {path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return parse_jsonl(text, path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReasonlabError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(data, list):
-        raise ReasonlabError(f"{path}: expected a JSON list of {{prompt, chosen, rejected}} rows")
-    return data
+    return read_rows(path)
 
 
 def _hub_rows(spec: str) -> list:

@@ -12,10 +12,12 @@ import tempfile
 from pathlib import Path
 
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
-from reasonlab.three_stage import metrics
-from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.models.scoring import heldout_perplexity
 from reasonlab.three_stage.config import PretrainSettings, ScratchModel
+from reasonlab.three_stage.checkpoint import stage_manifest
 from reasonlab.three_stage.corpus import load_corpus, pack
+from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
+                                trainer_kwargs)
 
 VERSION = "1"
 
@@ -32,32 +34,12 @@ def build_scratch(tokenizer, arch: ScratchModel, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def heldout_perplexity(model, blocks: list[list[int]], batch_size: int = 4) -> dict:
-    """Token-level NLL over every predicted position of the held-out blocks, and its perplexity."""
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            ids = torch.tensor(blocks[i:i + batch_size], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                    reduction="sum")
-            total += nll.item()
-            count += ids[:, 1:].numel()
-    model.train(was_training)
-    return {"nll": total / count, "tokens": count, "perplexity": metrics.perplexity(total, count)}
-
-
 def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: Path | str, device: str = "auto",
                  dtype: str = "auto", progress: Progress | None = None) -> dict:
     """Train on the corpus; save an HF checkpoint at `output_dir`; return perplexities and losses."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
 
     corpus = load_corpus(settings.corpus, settings.text_field, settings.heldout_fraction, settings.seed)
@@ -73,9 +55,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
         model, _ = load_fresh(start, device, dtype, train=True)
     before = heldout_perplexity(model, eval_blocks, settings.batch_size)
     if settings.lora:
-        model = get_peft_model(model, LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha,
-                                                 lora_dropout=settings.lora.dropout,
-                                                 target_modules=settings.lora.target_modules, task_type="CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(settings.lora))
     trainable, total = count_trainable(model)
     rows = [{"input_ids": b, "labels": b} for b in train_blocks]
     with tempfile.TemporaryDirectory(prefix="reasonlab-pretrain-") as scratch:
@@ -84,7 +64,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
             settings.gradient_accumulation_steps, settings.warmup_ratio))
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                           data_collator=default_data_collator,
-                          callbacks=[progress_callback(progress)] if progress else None)
+                          callbacks=progress_callbacks(progress))
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     after = heldout_perplexity(trainer.model, eval_blocks, settings.batch_size)
@@ -92,9 +72,8 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
            "train_blocks": len(train_blocks), "heldout_blocks": len(eval_blocks), "block_size": settings.block_size,
            "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],
            "heldout_before": before, "heldout_after": after,
-           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
+           "train_losses": log_rows(trainer),
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
            "steps": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime")}
-    out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, f"{start.name}-pretrain", start,
-                                        "pretrain", settings.model_dump(), out)
+    out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, stage_manifest(start, "pretrain", settings), out)
     return out

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reasonlab.concept_sft.sft_config import LoraSettings
+from reasonlab.training import LoraSettings
 from reasonlab.errors import ReasonlabError
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
-from reasonlab.three_stage.checkpoint import (Progress, count_trainable, progress_callback, save_checkpoint,
-                                              trainer_kwargs)
+from reasonlab.three_stage.checkpoint import stage_manifest
 from reasonlab.three_stage.reward_config import RewardSettings
+from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
+                                trainer_kwargs)
 
 VERSION = "1"
 
@@ -124,7 +125,6 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     """Train a reward model from `start`; save it (HF folder) at `output_dir`; return its metrics."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import PrinterCallback, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -140,11 +140,7 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     torch.manual_seed(settings.seed)
     model = load_reward_model(start, tokenizer.pad_token_id, device, dtype)
     freeze_lower(model, 0 if settings.lora else settings.freeze_below)
-    peft_config = None
-    if settings.lora:
-        peft_config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                                 target_modules=settings.lora.target_modules, modules_to_save=["score"],
-                                 task_type="SEQ_CLS")
+    peft_config = lora_config(settings.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     updates_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.gradient_accumulation_steps))
     total_updates = max(1, math.ceil(updates_per_epoch * settings.epochs))
     eval_every = settings.eval_every or max(1, total_updates // 4)
@@ -172,7 +168,7 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
                             **trainer_kwargs(dev, torch_dtype, settings.seed, settings.epochs, settings.learning_rate,
                                              settings.batch_size, settings.gradient_accumulation_steps,
                                              settings.warmup_ratio))
-        callbacks = [RecordEval()] + ([progress_callback(progress)] if progress else [])
+        callbacks = [RecordEval()] + progress_callbacks(progress)
         trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                                 eval_dataset=Dataset.from_list(eval_rows) if between else None,
                                 processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
@@ -186,7 +182,7 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     if len(set(chosen + rejected)) <= 1:
         raise ReasonlabError("the reward model gives every held-out sequence the same reward: check the pad token "
                              "and the learning rate")
-    losses = [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r]
+    losses = log_rows(trainer)
     out = {"stage": "reward", "start_model": start.to_dict(), "start_from": settings.start_from,
            "heldout": summary, "evaluations": evals, "train_losses": losses,
            "rewards": {"chosen": chosen, "rejected": rejected},
@@ -195,8 +191,7 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
            "steps": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime"),
            "pad_token": tokenizer.pad_token, "pad_token_id": tokenizer.pad_token_id}
-    out["checkpoint"] = save_checkpoint(trained, tokenizer, output_dir, f"{start.name}-reward", start, "reward",
-                                        settings.model_dump(), out)
+    out["checkpoint"] = save_checkpoint(trained, tokenizer, output_dir, stage_manifest(start, "reward", settings), out)
     return out
 
 

@@ -11,17 +11,19 @@ response tokens. Full fine-tune, or LoRA merged into the checkpoint (the concept
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import read_rows
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.paths import find_input, project_root
-from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.checkpoint import stage_manifest
 from reasonlab.three_stage.config import SFTPairSettings
 from reasonlab.three_stage.corpus import contexts_of, pubmedqa_records
+from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
+                                trainer_kwargs)
 
 VERSION = "1"
 PHARMA = "data/three_stage/pharma_sft.jsonl"
@@ -42,8 +44,7 @@ def _hash_heldout(text: str, fraction: float, seed: int) -> bool:
 def _file_pairs(path: Path, name: str) -> list[SFTPair]:
     if not path.is_file():
         raise ReasonlabError(f"SFT set {name!r}: no such file {path} (or use 'pubmedqa' / 'pharma')")
-    text = path.read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
+    rows = read_rows(path)
     pairs = []
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
@@ -119,7 +120,6 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
     """Fine-tune `start` on the pairs; save an HF checkpoint at `output_dir`; return held-out losses."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import PrinterCallback
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -131,10 +131,6 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
     model, tokenizer = load_fresh(start, device, dtype, train=True)
     if settings.use_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ReasonlabError(f"model {start.name!r} has no chat template: set sft.use_chat_template: false")
-    peft_config = None
-    if settings.lora:
-        peft_config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                                 target_modules=settings.lora.target_modules, task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory(prefix="reasonlab-sft-pairs-") as scratch:
         args = TrlSFTConfig(output_dir=scratch, max_length=settings.max_length, completion_only_loss=True,
                             eval_strategy="no", **trainer_kwargs(
@@ -142,8 +138,8 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
                                 settings.batch_size, settings.gradient_accumulation_steps, settings.warmup_ratio))
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(to_rows(train, settings.use_chat_template)),
                              eval_dataset=Dataset.from_list(to_rows(held, settings.use_chat_template)),
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=[progress_callback(progress)] if progress else None)
+                             processing_class=tokenizer, peft_config=lora_config(settings.lora),
+                             callbacks=progress_callbacks(progress))
         trainer.remove_callback(PrinterCallback)
         trainable, total = count_trainable(trainer.model)
         before = trainer.evaluate()["eval_loss"]
@@ -151,9 +147,8 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
         after = trainer.evaluate()["eval_loss"]
     out = {"stage": "sft", "start_model": start.to_dict(), "data": data_report,
            "heldout_loss_before": before, "heldout_loss_after": after,
-           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
+           "train_losses": log_rows(trainer),
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
            "steps": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime")}
-    out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, f"{start.name}-sft", start, "sft",
-                                        settings.model_dump(), out)
+    out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, stage_manifest(start, "sft", settings), out)
     return out
