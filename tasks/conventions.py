@@ -3,9 +3,9 @@
 Cache keys (`PlainInputs`): the task's name, an explicit code version, and its inputs as plain
 data. `Path` inputs are keyed by content (file sha256 / folder fingerprint) and by their place: relative to
 $REASONLAB_HOME or to the checkout when inside one (so two clones sharing a home share every key), else
-absolute. Models enter as `ResolvedModel` (source, revision, weights fingerprint). A model, tokenizer or tensor is refused:
-torch pickles are not deterministic and hashing weights by pickling is slow. No run id enters
-the key, so a rerun with the same inputs skips the task (Prefect's DEFAULT policy would not).
+absolute. Models enter as `ResolvedModel` (source, revision, weights fingerprint). A model, tokenizer or
+tensor is refused: torch pickles are not deterministic and hashing weights by pickling is slow. No run id
+enters the key, so a rerun with the same inputs skips the task (Prefect's DEFAULT policy would not).
 
 Results: persisted as JSON under $REASONLAB_HOME/results, or in the Prefect filesystem block named
 by $REASONLAB_RESULT_STORAGE (e.g. `local-file-system/reasonlab-results`, set on every flow run by the
