@@ -2,6 +2,7 @@
 
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
+    reasonlab data fetch gsm8k mbpp                   # store datasets under $REASONLAB_HOME/data for offline use
     reasonlab library generate nephrology --output my_library.yaml   # LLM-written entries (REASONLAB_LLM_* env)
     reasonlab filter --input data/target_prompts.json --output filtered.json   # concept-SFT stages alone:
     reasonlab attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR    # see concept_sft/stage_cli.py
@@ -30,6 +31,14 @@ def models_setup(names: list[str], source: str) -> None:
     for name in names or [DEFAULT_MODEL]:
         resolved = resolve_model(name, source=source)
         print(f"{name}: {resolved.source} ({resolved.fingerprint})")
+
+
+def data_fetch(names: list[str], refresh: bool) -> None:
+    from reasonlab import datasets
+
+    for name in names:
+        folder, origin = datasets.fetch(name, refresh=refresh)
+        print(f"{name}: {folder} (from {origin})")
 
 
 def library_generate(domains: list[str], library: str, output: str, hints: list[str], attempts: int) -> None:
@@ -68,6 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     setup = models.add_parser("setup", help="make models available offline (default: the default model)")
     setup.add_argument("names", nargs="*")
     setup.add_argument("--source", default="offline", choices=["auto", "hub", "offline", "local"])
+    data = sub.add_parser("data", help="the public datasets").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="store datasets under $REASONLAB_HOME/data (from REASONLAB_SHARED_DATA "
+                                          "when it holds them, else the Hub)")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="gsm8k, mbpp, hotpotqa, medqa, pubmedqa, hh-rlhf, ...")
+    fetch.add_argument("--refresh", action="store_true", help="fetch again even when already stored")
     library = sub.add_parser("library", help="the instruction library").add_subparsers(dest="action", required=True)
     gen = library.add_parser("generate", help="LLM-written entries for new domains (endpoint: REASONLAB_LLM_* env)")
     gen.add_argument("domains", nargs="+")
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command in stage_cli.COMMANDS:
             stage_cli.COMMANDS[args.command](args)
+        elif args.command == "data":
+            data_fetch(args.names, args.refresh)
         elif args.command == "library":
             library_generate(args.domains, args.library, args.output, args.hint, args.attempts)
         elif args.action == "list":

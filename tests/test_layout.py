@@ -28,7 +28,7 @@ def test_library_never_imports_prefect():
 def test_one_subpackage_per_pipeline_each_saying_what_it_is():
     top = {m.name for m in pkgutil.iter_modules(reasonlab.__path__) if not m.ispkg}
     assert top <= {"errors", "paths", "io", "tokens", "prompt_format", "llm_client", "local_server", "sandbox",
-                   "stats", "sweeps", "plots", "params",
+                   "stats", "sweeps", "plots", "params", "datasets",
                    "sandbox_child", "cli"}, f"pipeline modules at the top of reasonlab/: {sorted(top)}"
     for name in [*PIPELINES, "reasonlab.models"]:
         package = __import__(name, fromlist=["_"])
