@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mirror import need  # noqa: E402
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -29,7 +30,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
 def stories_with_chat(tmp: Path) -> str:
     from reasonlab import paths
 
-    src = paths.project_root().parent / "shared" / "models" / "stories260K"
+    src = paths.project_root() / "tests" / "fixtures" / "models" / "stories260K"  # ships with the repo
     dest = tmp / "stories260K"
     shutil.copytree(src, dest)
     (dest / "chat_template.jinja").write_text(CHAT_TEMPLATE)
@@ -45,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dspy-bench-"))
     os.environ["REASONLAB_HOME"] = str(tmp / "home")  # a fresh DSPy disk cache
+    need("gsm8k")
     from reasonlab.dspy_compile import data, evaluate, lm as lms, programs
 
     model = args.model or stories_with_chat(tmp)

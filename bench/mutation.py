@@ -158,9 +158,6 @@ def main() -> int:
     (work / "pyproject.toml").write_text(head + sep + re.sub(r'"(tests/[^"]+)",\s*', present, listed) + close + rest)
     for module in modules:
         fence_off_non_core(work / module, CORE[module])
-    # the tests find ../shared beside the checkout (models, data): mutmut runs them from <work>/mutants
-    shared = (source.parent / "shared").resolve()
-    (work / "shared").symlink_to(shared if shared.is_dir() else (REPO.parent / "shared").resolve())
 
     start = time.perf_counter()
     run = subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
 
+from mirror import need  # noqa: E402
 from timing import timed  # noqa: E402
 
 from reasonlab.models import load_model, resolve_model  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    need("medqa")
     model, tokenizer = load_model(resolve_model(args.model), device="cpu")
     questions = load_questions("medqa", 0, args.n)
     letters = list(questions[0]["options"])

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from mirror import need  # noqa: E402
 from reasonlab.models import resolve_model  # noqa: E402
 from reasonlab.three_stage.reward_config import RewardSettings  # noqa: E402
 from reasonlab.three_stage.reward_model import run_reward_model  # noqa: E402
@@ -32,6 +33,7 @@ SETTINGS = RewardSettings(
 
 
 def main() -> None:
+    need("hh-rlhf")
     model = resolve_model(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct")
     start = time.perf_counter()
     out = run_reward_model(model, SETTINGS, Path(tempfile.mkdtemp(prefix="reasonlab-bench-rm-")) / "rm", device="cpu")

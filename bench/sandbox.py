@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mirror import mirror_root  # noqa: E402
 from reasonlab.sandbox import isolation, run_many  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def timed(jobs: list[dict], workers: int, confinement: str | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mbpp", type=Path, default=REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl")
+    ap.add_argument("--mbpp", type=Path, default=mirror_root() / "mbpp" / "mbpp.jsonl",
+                    help="MBPP's mbpp.jsonl (default: in the offline mirror, REASONLAB_SHARED_DATA or ../shared/data)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--single", type=int, default=200, help="problems for the 1-worker arm (0: skip)")
     ap.add_argument("--timeout", type=float, default=10.0)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="force one (default: the best that works here)")
     args = ap.parse_args(argv)
     if not args.mbpp.is_file():
-        print(f"error: {args.mbpp}: no such file (pass --mbpp PATH)", file=sys.stderr)
+        print(f"error: {args.mbpp}: no such file: the offline data mirror is missing here (set "
+              "REASONLAB_SHARED_DATA) or pass --mbpp PATH", file=sys.stderr)
         return 2
 
     rows = load_mbpp(args.mbpp)

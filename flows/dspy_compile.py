@@ -71,7 +71,7 @@ def dspy_compile(
         reference: the reference LM (really run on the same test set with `reference_approach`).
         teacher: optional teacher LM for the bootstrapping optimizers.
         train_size, dev_size, test_size, seed: deterministic subsets (DSPy's convention: 200 / 300).
-        data: a local data file/folder, "hub", or None (the offline copy in ../shared/data, else the Hub).
+        data: a local data file/folder, "hub", or None (reasonlab.datasets: stored, mirror, else the Hub).
         demos: hand-picked demos for "manual" (JSON/YAML list); default data/dspy_demos_<task>.json.
         adapter: chat or json (DSPy's output format; small models break it: parse failures are counted).
         temperature, max_tokens: sampling, explicit for every LM.

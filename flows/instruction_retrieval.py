@@ -21,7 +21,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.resolve import resolve_model_ref
-from reasonlab import paths
+from reasonlab import datasets, paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured, sha256_json, write_json, write_text
 from reasonlab.models import forward_passes, load_tokenizer
@@ -61,7 +61,7 @@ def instruction_retrieval(
     """Score every question with no instruction, the retrieved one(s), the gold domain's and a random other's.
 
     Args:
-        questions: sources, each `seed`, `medqa` (the shared local copy, else the Hub's
+        questions: sources, each `seed`, `medqa` (stored, the REASONLAB_SHARED_DATA mirror, else the Hub's
             GBaker/MedQA-USMLE-4-options-hf), `medqa-hub`, `medmcqa` (Hub), `hub:DATASET[:SPLIT]`, or a local file.
         n_questions: questions per source (from `start`); the seed has 3.
         library: the instruction library YAML (domain -> description, knowledge, reasoning).
@@ -189,8 +189,7 @@ def _local_file(spec: str) -> Path | None:
     if spec == "seed":
         return paths.find_input(question_sources.SEED_FILE)
     if spec == "medqa":
-        local = paths.shared_data_dir() / question_sources.MEDQA_LOCAL
-        return local if local.is_file() else None
+        return datasets.locate_file("medqa")
     if spec in ("medqa-hub", "medmcqa") or spec.startswith("hub:"):
         return None
     return paths.find_input(spec)

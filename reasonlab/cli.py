@@ -2,6 +2,7 @@
 
     reasonlab models list
     reasonlab models setup smollm2-135m-instruct      # materialize an offline model (idempotent)
+    reasonlab data fetch gsm8k mbpp                   # store datasets under $REASONLAB_HOME/data for offline use
     reasonlab concept-sft filter --input data/target_prompts.json --output filtered.json   # concept-SFT stages
     reasonlab concept-sft attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR  # (concept_sft/stage_cli.py)
     reasonlab concept-sft sft --config my_sft.yaml
@@ -33,6 +34,14 @@ def models_setup(names: list[str], source: str) -> None:
     for name in names or [DEFAULT_MODEL]:
         resolved = resolve_model(name, source=source)
         print(f"{name}: {resolved.source} ({resolved.fingerprint})")
+
+
+def data_fetch(names: list[str], refresh: bool) -> None:
+    from reasonlab import datasets
+
+    for name in names:
+        folder, origin = datasets.fetch(name, refresh=refresh)
+        print(f"{name}: {folder} (from {origin})")
 
 
 def library_generate(domains: list[str], library: str, output: str, hints: list[str], attempts: int) -> None:
@@ -79,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     setup = models.add_parser("setup", help="make models available offline (default: the default model)")
     setup.add_argument("names", nargs="*")
     setup.add_argument("--source", default="offline", choices=["auto", "hub", "offline", "local"])
+    data = sub.add_parser("data", help="the public datasets").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="store datasets under $REASONLAB_HOME/data (from REASONLAB_SHARED_DATA "
+                                          "when it holds them, else the Hub)")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="gsm8k, mbpp, hotpotqa, medqa, pubmedqa, hh-rlhf, ...")
+    fetch.add_argument("--refresh", action="store_true", help="fetch again even when already stored")
     concept = sub.add_parser("concept-sft", help="the concept-SFT stages alone (filter, attribute, sft, evaluate)")
     stage_cli.add_commands(concept.add_subparsers(dest="stage", required=True))
     retrieval = sub.add_parser("instruction-retrieval", help="the instruction-retrieval pipeline's library tools")
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "concept-sft":
             stage_cli.COMMANDS[args.stage](args)
+        elif args.command == "data":
+            data_fetch(args.names, args.refresh)
         elif args.command == "instruction-retrieval":
             library_generate(args.domains, args.library, args.output, args.hint, args.attempts)
         elif args.action == "list":

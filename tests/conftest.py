@@ -20,12 +20,14 @@ os.environ["REASONLAB_HOME"] = str(_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is unreachable from CI; fail fast, not after retries
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: each heartbeat logged an ERROR
+# The repo's own small slices of every dataset (tests/fixtures/README.md) are the datasets' offline mirror: no
+# test reads a folder beside the checkout, a user's mirror or the Hub
+FIXTURES = REPO / "tests" / "fixtures"
+STORIES = FIXTURES / "models" / "stories260K"
+DATA = FIXTURES / "data"
+os.environ["REASONLAB_SHARED_DATA"] = str(DATA)
 
 import pytest  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"
-DATA = SHARED / "data"
 
 
 # bench/mutation.py runs only tests that need no Prefect API, once per mutant: it sets this to 0 so that each
@@ -47,7 +49,7 @@ def prefect_harness():
 
 @pytest.fixture(scope="session")
 def stories_path() -> Path:
-    assert (STORIES / "config.json").is_file(), f"missing {STORIES}: the shared models folder is required"
+    assert (STORIES / "config.json").is_file(), f"missing {STORIES}: the test fixtures are part of the repo"
     return STORIES
 
 

@@ -52,7 +52,7 @@ def llama(tiny_models):
 # ---------------------------------------------------------------- split and inputs
 
 def test_mbpp_split_has_the_studys_sizes_deterministic_and_stratified():
-    rows = mbpp.load_problems()  # ../shared/data/mbpp/mbpp.jsonl
+    rows = mbpp.load_problems()  # the full MBPP, through reasonlab.datasets (the fixtures, in the tests)
     assert len(rows) == 974
     a, b = mbpp.assign_splits(rows), mbpp.assign_splits(list(reversed(rows)))
     assert a == b

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -154,3 +159,52 @@ def test_task_options_are_the_conventions():
     assert opts == {"cache_policy": PlainInputs(version="5"), "persist_result": True, "result_serializer": "json",
                     "result_storage": result_storage(), "tags": [], "retries": 0, "retry_delay_seconds": 10,
                     "retry_condition_fn": None, "log_prints": False}
+
+
+KEY_IN_A_CLONE = """
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from reasonlab import paths
+from tasks.conventions import PlainInputs
+assert paths.project_root() == Path.cwd().resolve(), (paths.project_root(), Path.cwd())  # this clone's code
+inputs = {"prompts": paths.find_input("data/target_prompts.json"), "heldout": paths.find_input("data/heldout_text.txt"),
+          "folder": paths.find_input("data/three_stage"), "out": paths.runs_dir() / "eval.json", "cases": [1, "a"]}
+task = SimpleNamespace(task=SimpleNamespace(name="load-prompts"))
+print(json.dumps({"key": PlainInputs(version="1").compute_key(task, inputs, {}), "root": str(paths.project_root())}))
+"""
+
+
+def test_two_clones_sharing_one_home_share_the_cache_keys_of_their_files(tmp_path):
+    """The same task on the same checkout files, from two clones at different absolute paths with one
+    REASONLAB_HOME, has one key: a file in the checkout is keyed by its content and its path in the checkout."""
+    root = Path(__file__).resolve().parents[1]
+    skip = shutil.ignore_patterns("__pycache__", ".*")
+    clones = [tmp_path / "alice" / "reasonlab", tmp_path / "bob" / "checkout"]
+    for clone in clones:
+        for part in ("reasonlab", "tasks", "data"):
+            shutil.copytree(root / part, clone / part, ignore=skip)
+    env = {**os.environ, "REASONLAB_HOME": str(tmp_path / "home")}
+    runs = []
+    for clone in clones:
+        proc = subprocess.run([sys.executable, "-c", KEY_IN_A_CLONE], cwd=clone, capture_output=True, text=True,
+                              env={**env, "PYTHONPATH": str(clone)}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [r["root"] for r in runs] == [str(c) for c in clones]
+    assert runs[0]["key"] == runs[1]["key"]
+    # ... while the content still counts: an edited copy of the prompts in the second clone is another key
+    (clones[1] / "data" / "target_prompts.json").write_text("[]")
+    proc = subprocess.run([sys.executable, "-c", KEY_IN_A_CLONE], cwd=clones[1], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(clones[1])}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["key"] != runs[0]["key"]
+
+
+def test_a_file_in_the_checkout_or_home_is_keyed_by_its_place_there_not_its_absolute_path():
+    from reasonlab import paths
+    from reasonlab.io import sha256_file
+
+    prompts = paths.find_input("data/target_prompts.json")
+    assert plain(prompts) == {"path": "checkout:data/target_prompts.json", "sha256": sha256_file(prompts)}
+    assert plain(paths.runs_dir() / "none.json") == {"path": "home:runs/none.json", "missing": True}

@@ -1,14 +1,14 @@
 """MBPP problems: load from a parquet / jsonl file or the Hub, and split them deterministically.
 
     from reasonlab.activations import mbpp
-    problems = mbpp.load_split("validation")                  # 388 problems from ../shared/data/mbpp
-    problems = mbpp.load_split("validation", "split.parquet")  # a ready-made split (seed: validation_mbpp.parquet)
+    problems = mbpp.load_split("validation")                  # 388 problems (reasonlab.datasets: "mbpp")
+    problems = mbpp.load_split("validation", "split.parquet")  # a ready-made split (e.g. validation_mbpp.parquet)
 
-The split (the seed's Phase 0.1 proportions: 50 % SAE training, 10 % hyperparameters, 40 % validation):
+The split (the original study's proportions: 50 % SAE training, 10 % hyperparameters, 40 % validation):
 every problem gets the McCabe cyclomatic complexity of its reference solution; problems are sorted by
 (complexity, sha256(f"{seed}:{task_id}")) and dealt in runs of ten: positions 0-4 -> "sae",
 5 -> "hyperparams", 6-9 -> "validation". So each split spans the complexity range evenly, and the full
-974-problem MBPP gives sae 489, hyperparams 97, validation 388 (the seed's counts), the same on every
+974-problem MBPP gives sae 489, hyperparams 97, validation 388 (the original study's counts), the same on every
 machine. A parquet that already is a split (has no `code` column needed) is used as given.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_rows
-from reasonlab.paths import shared_data_dir
+from reasonlab import datasets
 
 SPLITS = ("sae", "hyperparams", "validation")
 REQUIRED = ("task_id", "text", "test_list")  # + cyclomatic_complexity (computed when a `code` column allows)
@@ -30,8 +30,8 @@ DEFAULT_SEED = 42
 
 
 def default_mbpp_path() -> Path:
-    """The offline copy: mbpp/mbpp.jsonl in the shared data folder (../shared/data beside the checkout)."""
-    return shared_data_dir() / "mbpp" / "mbpp.jsonl"
+    """mbpp.jsonl from `reasonlab.datasets`: the stored copy, the REASONLAB_SHARED_DATA mirror, else the Hub."""
+    return datasets.locate_file("mbpp")
 
 
 # ---------------------------------------------------------------- complexity (pure)
@@ -109,12 +109,13 @@ def _hub_rows() -> list[dict]:
         ds = load_dataset(HUB_ID, "full")
     except Exception as e:
         raise ReasonlabError(f"MBPP from the Hub ({HUB_ID}) failed: {type(e).__name__}: {e}; "
-                             f"pass a local path such as {default_mbpp_path()}") from None
+                             "pass a local path, or run `reasonlab data fetch mbpp` where the Hub is "
+                             "reachable") from None
     return [dict(r) for name in ds for r in ds[name]]
 
 
 def load_problems(source: str | Path | None = None) -> list[dict]:
-    """Every problem of `source` (a .parquet/.jsonl/.json path, "hub", or None for the offline copy)."""
+    """Every problem of `source` (a .parquet/.jsonl/.json path, "hub", or None for `default_mbpp_path()`)."""
     if source is None or str(source) == "":
         source = default_mbpp_path()
     if str(source) == "hub":
@@ -127,7 +128,7 @@ def load_split(split: str = "validation", source: str | Path | None = None, seed
     """The problems of one split, ordered by task_id.
 
     A file holding the whole MBPP (974 problems) is split as documented above; any other file is taken
-    to be a split already (the seed's `validation_mbpp.parquet`) and returned whole (`split="all"` also
+    to be a split already (e.g. the original study's `validation_mbpp.parquet`) and returned whole (`split="all"` also
     returns everything).
     """
     if split not in (*SPLITS, "all"):

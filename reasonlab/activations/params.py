@@ -32,7 +32,7 @@ class Problems(Group):
 
     mbpp_source: str | None = Field(None, description="a .parquet/.jsonl path (a ready split such as "
                                     "validation_mbpp.parquet, or the full MBPP to split), 'hub', or empty for the "
-                                    "default ../shared/data/mbpp/mbpp.jsonl")
+                                    "full MBPP from reasonlab.datasets (stored, mirror, else the Hub)")
     split: SplitName = Field("validation", description="validation (388 problems), hyperparams (97), sae (489) "
                                                        "or all")
     start: int = Field(0, ge=0, description="first index into the split (0-based, inclusive)")

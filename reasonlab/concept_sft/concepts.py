@@ -1,13 +1,14 @@
 """Stage 4: rank the graph's neurons as intermediate-concept candidates and describe them.
 
-The seed's criteria, each a check with a reason when it fails:
+The criteria, each a check with a reason when it fails:
     upstream      not in the last `late_layers` layers (they *are* the output decision), and not in the
                   first `early_layers` (token-level detectors: lexical, not conceptual)
     intermediate  at one of the user's prompt tokens, not the final position or the chat template
     conceptual    not lexical: neither contrastive token is among the tokens its output direction
                   writes most or least (logit lens of its down-projection column)
 Candidates pass all three and are ranked by |influence|. Each is described by its top-activating
-contexts over a reference corpus of real text (PubMedQA abstracts by default), and optionally by an
+contexts over a reference corpus of real text (by default data/reference_corpus.jsonl: Wikipedia intros,
+PubMed abstracts and clinical facts, see data/reference_corpus.md), and optionally by an
 LLM-written label (`label_messages` + the project's LLM client; off unless asked, like `--no-llm`).
 """
 
@@ -24,7 +25,7 @@ from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 
 VERSION = "1"
-DEFAULT_CORPUS = "pubmedqa/ori_pqal.json"
+DEFAULT_CORPUS = "data/reference_corpus.jsonl"
 
 
 def rank_candidates(graph: dict, n: int = 5) -> dict[str, list[dict]]:
@@ -52,8 +53,8 @@ def rank_candidates(graph: dict, n: int = 5) -> dict[str, list[dict]]:
 
 
 def default_corpus() -> Path:
-    """PubMedQA's labelled set in the shared data folder beside the checkout (../shared/data)."""
-    return paths.shared_data_dir() / DEFAULT_CORPUS
+    """The reference corpus that ships with the repo (general facts and medicine)."""
+    return paths.project_root() / DEFAULT_CORPUS
 
 
 def load_corpus(path: Path | str | None = None, n: int = 64) -> list[str]:

@@ -75,8 +75,9 @@ class ConceptParams(Group):
     neuron: str | None = Field(None, description="the attribution node the concept comes from (e.g. L22/N13255@9), "
                                                  "recorded only when given here, in the text-set file or by the "
                                                  "researcher; never guessed")
-    corpus: str | None = Field(None, description="reference texts for the candidates' top-activating contexts "
-                                                 "(default: PubMedQA)")
+    corpus: str | None = Field("data/reference_corpus.jsonl", description="reference texts for the candidates' "
+                                                                        "top-activating contexts (general facts "
+                                                                        "and medicine; see data/reference_corpus.md)")
     label: bool = Field(False, description="ask the LLM (the llm group) for a label per candidate")
     interactive: bool = Field(False, description="pause after stage 4 for the researcher's concept and texts "
                                                  "(UI form or API); off: the concept given here and the SFT "

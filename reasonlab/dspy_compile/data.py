@@ -3,8 +3,8 @@
     splits = load_splits("gsm8k", train_size=200, dev_size=300, test_size=100, seed=0)
     splits["train"][0] == {"id": "train-3342", "question": "...", "answer": "72", "reasoning": "..."}
 
-Sources: `source=None` reads the offline copies in ../shared/data (`paths.shared_data_dir()`) and falls back
-to the Hub; `source="hub"` reads the Hub (`openai/gsm8k`, `hotpotqa/hotpot_qa` distractor); any other
+Sources: `source=None` asks `reasonlab.datasets` (the stored copy, the REASONLAB_SHARED_DATA mirror, else the
+Hub, stored once); `source="hub"` reads the Hub (`openai/gsm8k`, `hotpotqa/hotpot_qa` distractor); any other
 value is a local file or folder (GSM8K: a folder with train.jsonl/test.jsonl or one .jsonl file;
 HotPotQA: a .json list or a .jsonl file in the original distractor format).
 
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reasonlab import paths
+from reasonlab import datasets, paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_rows, sha256_json
 
@@ -92,11 +92,7 @@ def raw_splits(task: str, source: str | None = None) -> tuple[dict[str, list[dic
             return {"all": rows["validation"]}, f"hub:{HUB_IDS[task][0]}"
         return {"train": rows["train"], "test": rows["test"]}, f"hub:{HUB_IDS[task][0]}"
     if source is None:
-        default = paths.shared_data_dir() / ("gsm8k" if task == "gsm8k" else
-                                             "hotpotqa/hotpot_dev_distractor_subset500.jsonl")
-        if not default.exists():
-            return raw_splits(task, "hub")
-        path = default
+        path = datasets.locate(task) if task == "gsm8k" else datasets.locate_file(task)
     else:
         path = paths.find_input(source)
         if not path.exists():

@@ -2,7 +2,7 @@
 
 A question is `{id, question, options: {letter: text}, answer: letter, domain: str | None, source}`. Loaders
 accept the field layouts of the sources the project meets:
-  - MedQA-USMLE as released (`question`, `options` {A..D}, `answer_idx`), e.g. ../shared/data/medqa;
+  - MedQA-USMLE as released (`question`, `options` {A..D}, `answer_idx`): `medqa` (see `reasonlab.datasets`);
   - the Hub's `GBaker/MedQA-USMLE-4-options-hf` (`sent1`, `ending0..3`, `label`);
   - MedMCQA (`question`, `opa..opd`, `cop` 0-3, `subject_name`, which becomes the domain through SUBJECT_DOMAINS);
   - the project's own format (above), e.g. data/retrieval_seed_questions.yaml.
@@ -14,13 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reasonlab import paths
+from reasonlab import datasets, paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_rows
 
 LETTERS = "ABCDEFGH"
 SEED_FILE = "data/retrieval_seed_questions.yaml"
-MEDQA_LOCAL = "medqa/medqa_usmle_4options_test.jsonl"  # under paths.shared_data_dir()
 MEDQA_HUB = "GBaker/MedQA-USMLE-4-options-hf"
 MEDMCQA_HUB = "openlifescienceai/medmcqa"
 
@@ -107,15 +106,12 @@ def load_hub(dataset: str, split: str, source: str, start: int = 0, limit: int |
 
 
 def load_questions(spec: str, start: int = 0, limit: int | None = None) -> list[dict]:
-    """`seed`, `medqa` (local shared copy, else the Hub), `medqa-hub`, `medmcqa` (Hub validation split),
-    `hub:DATASET[:SPLIT]`, or a path to a local file."""
+    """`seed`, `medqa` (`reasonlab.datasets`: stored, mirror, else the Hub), `medqa-hub`, `medmcqa` (Hub
+    validation split), `hub:DATASET[:SPLIT]`, or a path to a local file."""
     if spec == "seed":
         return load_file(paths.find_input(SEED_FILE), "seed", start, limit)
     if spec == "medqa":
-        local = paths.shared_data_dir() / MEDQA_LOCAL
-        if local.is_file():
-            return load_file(local, "medqa", start, limit)
-        return load_hub(MEDQA_HUB, "test", "medqa", start, limit)
+        return load_file(datasets.locate_file("medqa"), "medqa", start, limit)
     if spec == "medqa-hub":
         return load_hub(MEDQA_HUB, "test", "medqa", start, limit)
     if spec == "medmcqa":

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_rows
-from reasonlab.paths import find_input, shared_data_dir
+from reasonlab import datasets
+from reasonlab.paths import find_input
 
-PUBMEDQA = "pubmedqa"  # alias: shared/data/pubmedqa contexts (+ long answers), held-out = the test ids
+PUBMEDQA = "pubmedqa"  # alias: PubMedQA's labelled contexts (+ long answers), held-out = the test ids
 
 
 @dataclass
@@ -37,13 +38,13 @@ class Corpus:
 
 
 def pubmedqa_records() -> tuple[dict, set[str]]:
-    """(id -> record, set of test ids) from the shared PubMedQA files."""
-    folder = shared_data_dir() / "pubmedqa"
-    data_file, test_file = folder / "ori_pqal.json", folder / "test_ground_truth.json"
-    if not data_file.is_file():
-        raise ReasonlabError(f"PubMedQA not found at {data_file}: set REASONLAB_SHARED_DATA to the shared data folder")
-    records = json.loads(data_file.read_text())
-    test_ids = set(json.loads(test_file.read_text())) if test_file.is_file() else set()
+    """(id -> record, set of test ids) from PubMedQA's files (`reasonlab.datasets`). A copy without the
+    official test ids (the Hub's has none) holds out half of the ids by a hash instead."""
+    folder = datasets.locate("pubmedqa")
+    records = json.loads((folder / "ori_pqal.json").read_text())
+    test_file = folder / "test_ground_truth.json"
+    test_ids = (set(json.loads(test_file.read_text())) if test_file.is_file()
+                else {pid for pid in records if _is_heldout(pid, 0.5, 0)})
     return records, test_ids
 
 

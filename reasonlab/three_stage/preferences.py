@@ -21,20 +21,21 @@ from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_rows
-from reasonlab.paths import find_input, project_root, shared_data_dir
+from reasonlab import datasets
+from reasonlab.paths import find_input, project_root
 
 HH = "\n\nHuman:"
 AST = "\n\nAssistant:"
 
-# Named sets: shared/data/preferences (see its README) and the seed's pharmaceutical pairs.
+# Named sets: (a dataset of reasonlab.datasets, or "project" for the repo's own files, and the file in it).
 NAMED = {
     "pharma": ("project", "data/three_stage/pharma_preferences.jsonl"),
-    "hh-helpful": ("shared", "preferences/hh-rlhf/helpful-base_test.jsonl"),
-    "hh-harmless": ("shared", "preferences/hh-rlhf/harmless-base_test.jsonl"),
-    "hh-helpful-rs": ("shared", "preferences/hh-rlhf/helpful-rejection-sampled_test.jsonl"),
-    "hh-harmless-train5k-lastturn": ("shared", "preferences/hh-rlhf-harmless-base-train5k-lastturn/train.jsonl"),
-    "ultrafeedback-train": ("shared", "preferences/ultrafeedback-binarized-subset/train_clean.jsonl"),
-    "ultrafeedback-eval": ("shared", "preferences/ultrafeedback-binarized-subset/eval_clean.jsonl"),
+    "hh-helpful": ("hh-rlhf", "helpful-base_test.jsonl"),
+    "hh-harmless": ("hh-rlhf", "harmless-base_test.jsonl"),
+    "hh-helpful-rs": ("hh-rlhf", "helpful-rejection-sampled_test.jsonl"),
+    "hh-harmless-train5k-lastturn": ("hh-rlhf-train5k-lastturn", "train.jsonl"),
+    "ultrafeedback-train": ("ultrafeedback-subset", "train_clean.jsonl"),
+    "ultrafeedback-eval": ("ultrafeedback-subset", "eval_clean.jsonl"),
 }
 
 
@@ -50,7 +51,7 @@ class Pair:
 
 def named_path(name: str) -> Path:
     where, rel = NAMED[name]
-    return (project_root() if where == "project" else shared_data_dir()) / rel
+    return (project_root() if where == "project" else datasets.locate(where)) / rel
 
 
 def _read_rows(path: Path) -> list:
