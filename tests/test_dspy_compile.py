@@ -31,10 +31,50 @@ FORMATTED = ("[[ ## reasoning ## ]]\nThere are 3 + 15 = 18.\n\n[[ ## proposed_in
 # --- metrics and parsing (pure functions, DummyLM) ------------------------------------------------------
 
 
-def test_gsm8k_and_hotpot_metrics():
-    assert metrics.gsm8k_match("1,234", "The answer is $1234.") and metrics.gsm8k_match("18", "18.0")
-    assert not metrics.gsm8k_match("18", "eighteen") and not metrics.gsm8k_match("18", "17")
-    assert metrics.parse_number("#### -3.5") == -3.5 and metrics.parse_number(None) is None
+# lm-evaluation-harness's gsm8k task: "strict-match" = regex `#### (\-?[0-9\.\,]+)`, the first match;
+# "flexible-extract" = regex `(-?[$0-9.,]{2,})|(-?[0-9]+)`, the last match; both then compared as strings after
+# removing ",", "$", "(?s).*#### " and a final "." (and lower-casing). None: the rule extracts nothing.
+LM_EVAL_READINGS = [  # (model text, strict-match, flexible-extract)
+    ("10-12", None, "-12"),
+    ("1,2,3", None, "123"),
+    ("2,5", None, "25"),
+    ("18 (3 x 6)", None, "6"),
+    ("#### 18\n\n 3", "18", "3"),
+    ("The answer is $1,234.", None, "1234"),
+    ("#### -3.5", "-3.5", "-3.5"),
+    ("eighteen", None, None),
+]
+
+
+@pytest.mark.parametrize("text,strict,flexible", LM_EVAL_READINGS)
+def test_gsm8k_extraction_follows_lm_eval(text, strict, flexible):
+    assert metrics.strict_match(text) == strict
+    assert metrics.flexible_extract(text) == flexible
+
+
+def test_gsm8k_score_reads_the_answer_field_as_the_answer_line():
+    """DSPy's answer field plays the part of GSM8K's "#### " line: strict-match reads its first number, flexible
+    the last number anywhere; the headline score is flexible-extract."""
+    # the old parser's readings (the last number) that strict-match does not give; lm-eval's both rules read
+    # "1,2,3" as 123 and "2,5" as 25 (commas are dropped), so those stay
+    strict_reads = {"10-12": ("10", "-12"), "18 (3 x 6)": ("18", "6"), "#### 18\n\n 3": ("18", "3"),
+                    "1,2,3": ("123", "123"), "2,5": ("25", "25")}
+    for text, (strict, last) in strict_reads.items():
+        assert metrics.score("gsm8k", strict, text)["strict"] == 1.0, text
+        assert metrics.score("gsm8k", last, text)["flexible"] == 1.0, text
+    s = metrics.score("gsm8k", "18", "#### 18\n\n 3")
+    assert (s["strict"], s["flexible"], s["score"]) == (1.0, 0.0, 0.0)
+    s = metrics.score("gsm8k", "18", "18 (3 x 6)")
+    assert (s["strict"], s["flexible"], s["strict_extracted"], s["flexible_extracted"]) == (1.0, 0.0, 1.0, 1.0)
+    s = metrics.score("gsm8k", "1,234", "The answer is $1234.")
+    assert (s["strict"], s["flexible"], s["strict_extracted"]) == (0.0, 1.0, 0.0)
+    s = metrics.score("gsm8k", "18", "eighteen")
+    assert (s["score"], s["strict_extracted"], s["flexible_extracted"]) == (0.0, 0.0, 0.0)
+    assert metrics.score("gsm8k", "18", None)["flexible_extracted"] == 0.0
+    assert metrics.score("gsm8k", "18", "18.0")["score"] == 0.0  # lm-eval compares strings, not numbers
+
+
+def test_hotpot_metrics_and_paired_bootstrap():
     assert metrics.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert metrics.hotpot_em("the Eiffel Tower", "Eiffel tower.") == 1.0
     assert metrics.hotpot_f1("yes", "no") == 0.0
@@ -60,6 +100,8 @@ def test_parse_failures_and_errors_are_rows_not_crashes():
     assert "KeyError" in out[2]["reason"]
     summary = evaluate.summarize(out, "gsm8k", lambda p, c, s: 0.0)
     assert summary["parse_failures"] == 1 and summary["errors"] == 1 and summary["score"] == pytest.approx(1 / 3)
+    assert summary["strict_score"] == pytest.approx(1 / 3) and summary["strict_extracted"] == pytest.approx(1 / 3)
+    assert summary["flexible_extracted"] == pytest.approx(1 / 3)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
