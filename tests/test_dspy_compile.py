@@ -20,6 +20,7 @@ from flows.dspy_compile import dspy_compile
 from loopback_llm import ScriptedLLM
 from reasonlab.dspy_compile import data, evaluate, lm as lms, metrics, programs, run
 from reasonlab.errors import ReasonlabError
+from tasks.dspy_compile import resolve_lm
 from tasks.run_info import flow_run_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +32,50 @@ FORMATTED = ("[[ ## reasoning ## ]]\nThere are 3 + 15 = 18.\n\n[[ ## proposed_in
 # --- metrics and parsing (pure functions, DummyLM) ------------------------------------------------------
 
 
-def test_gsm8k_and_hotpot_metrics():
-    assert metrics.gsm8k_match("1,234", "The answer is $1234.") and metrics.gsm8k_match("18", "18.0")
-    assert not metrics.gsm8k_match("18", "eighteen") and not metrics.gsm8k_match("18", "17")
-    assert metrics.parse_number("#### -3.5") == -3.5 and metrics.parse_number(None) is None
+# lm-evaluation-harness's gsm8k task: "strict-match" = regex `#### (\-?[0-9\.\,]+)`, the first match;
+# "flexible-extract" = regex `(-?[$0-9.,]{2,})|(-?[0-9]+)`, the last match; both then compared as strings after
+# removing ",", "$", "(?s).*#### " and a final "." (and lower-casing). None: the rule extracts nothing.
+LM_EVAL_READINGS = [  # (model text, strict-match, flexible-extract)
+    ("10-12", None, "-12"),
+    ("1,2,3", None, "123"),
+    ("2,5", None, "25"),
+    ("18 (3 x 6)", None, "6"),
+    ("#### 18\n\n 3", "18", "3"),
+    ("The answer is $1,234.", None, "1234"),
+    ("#### -3.5", "-3.5", "-3.5"),
+    ("eighteen", None, None),
+]
+
+
+@pytest.mark.parametrize("text,strict,flexible", LM_EVAL_READINGS)
+def test_gsm8k_extraction_follows_lm_eval(text, strict, flexible):
+    assert metrics.strict_match(text) == strict
+    assert metrics.flexible_extract(text) == flexible
+
+
+def test_gsm8k_score_reads_the_answer_field_as_the_answer_line():
+    """DSPy's answer field plays the part of GSM8K's "#### " line: strict-match reads its first number, flexible
+    the last number anywhere; the headline score is flexible-extract."""
+    # the old parser's readings (the last number) that strict-match does not give; lm-eval's both rules read
+    # "1,2,3" as 123 and "2,5" as 25 (commas are dropped), so those stay
+    strict_reads = {"10-12": ("10", "-12"), "18 (3 x 6)": ("18", "6"), "#### 18\n\n 3": ("18", "3"),
+                    "1,2,3": ("123", "123"), "2,5": ("25", "25")}
+    for text, (strict, last) in strict_reads.items():
+        assert metrics.score("gsm8k", strict, text)["strict"] == 1.0, text
+        assert metrics.score("gsm8k", last, text)["flexible"] == 1.0, text
+    s = metrics.score("gsm8k", "18", "#### 18\n\n 3")
+    assert (s["strict"], s["flexible"], s["score"]) == (1.0, 0.0, 0.0)
+    s = metrics.score("gsm8k", "18", "18 (3 x 6)")
+    assert (s["strict"], s["flexible"], s["strict_extracted"], s["flexible_extracted"]) == (1.0, 0.0, 1.0, 1.0)
+    s = metrics.score("gsm8k", "1,234", "The answer is $1234.")
+    assert (s["strict"], s["flexible"], s["strict_extracted"]) == (0.0, 1.0, 0.0)
+    s = metrics.score("gsm8k", "18", "eighteen")
+    assert (s["score"], s["strict_extracted"], s["flexible_extracted"]) == (0.0, 0.0, 0.0)
+    assert metrics.score("gsm8k", "18", None)["flexible_extracted"] == 0.0
+    assert metrics.score("gsm8k", "18", "18.0")["score"] == 0.0  # lm-eval compares strings, not numbers
+
+
+def test_hotpot_metrics_and_paired_bootstrap():
     assert metrics.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert metrics.hotpot_em("the Eiffel Tower", "Eiffel tower.") == 1.0
     assert metrics.hotpot_f1("yes", "no") == 0.0
@@ -70,6 +111,8 @@ def test_parse_failures_and_errors_are_rows_not_crashes():
     assert "KeyError" in out[2]["reason"]
     summary = evaluate.summarize(out, "gsm8k", lambda p, c, s: 0.0)
     assert summary["parse_failures"] == 1 and summary["errors"] == 1 and summary["score"] == pytest.approx(1 / 3)
+    assert summary["strict_score"] == pytest.approx(1 / 3) and summary["strict_extracted"] == pytest.approx(1 / 3)
+    assert summary["flexible_extracted"] == pytest.approx(1 / 3)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -124,39 +167,93 @@ def refusing_server():
 
 def test_bad_input_fails_before_model_work(tmp_path, stories_chat, monkeypatch):
     before = lms.generations()
-    common = dict(models=[str(stories_chat)], train_size=2, dev_size=1, test_size=2, max_tokens=8)
-    with pytest.raises(ReasonlabError, match="unknown optimizer/approach 'miprov9'"):
-        dspy_compile(approaches=["cot", "miprov9"], **common)
+    common = dict(models=[str(stories_chat)], data={"train_size": 2, "dev_size": 1, "test_size": 2},
+                  sampling={"max_tokens": 8})
+    with pytest.raises(ReasonlabError, match=r"compile\.approaches.*unknown optimizer/approach 'miprov9'"):
+        dspy_compile(compile={"approaches": ["cot", "miprov9"]}, **common)
     with pytest.raises(ReasonlabError, match="trainset too small for bootstrap: 1 examples, it needs at least 2"):
-        dspy_compile(approaches=["bootstrap"], **{**common, "train_size": 1})
+        dspy_compile(compile={"approaches": ["bootstrap"]}, **{**common, "data": {"train_size": 1}})
     bad = tmp_path / "gsm.jsonl"
     bad.write_text(json.dumps({"question": "only a question"}) + "\n")
     with pytest.raises(ReasonlabError, match="row 0 is missing the field 'answer'"):
-        dspy_compile(approaches=["cot"], data=str(bad), **common)
+        dspy_compile(compile={"approaches": ["cot"]}, **{**common, "data": {"source": str(bad)}})
     monkeypatch.setenv("REASONLAB_LLM_MODEL", "gpt-x")
     monkeypatch.setenv("REASONLAB_LLM_API_KEY_ENV", "TEST_DSPY_KEY")
     monkeypatch.setenv("TEST_DSPY_KEY", "sk-wrong")
     with refusing_server() as base_url:
         monkeypatch.setenv("REASONLAB_LLM_BASE_URL", base_url)
         with pytest.raises(ReasonlabError, match=r"refused the API key \(HTTP 401\).*TEST_DSPY_KEY"):
-            dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
+            dspy_compile(compile={"approaches": ["cot"]}, **{**common, "models": ["env"]})
     from ports import refused_url
 
     with refused_url() as url:  # bound and never listening: refused, and no other process can take the port
         monkeypatch.setenv("REASONLAB_LLM_BASE_URL", url)
         with pytest.raises(ReasonlabError, match="is unreachable .*is the server up"):
-            dspy_compile(approaches=["cot"], **{**common, "models": ["env"]})
+            dspy_compile(compile={"approaches": ["cot"]}, **{**common, "models": ["env"]})
     assert lms.generations() == before
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"sampling": {"max_tokens": 0}}, r"sampling\.max_tokens'?: Input should be greater than or equal to 1"),
+    ({"sampling": {"temperature": -1}}, r"sampling\.temperature'?"),
+    ({"data": {"test_size": 0}}, r"data\.test_size'?"),
+    ({"sampling": {"adapter": "xml"}}, r"sampling\.adapter'?.*unknown adapter 'xml'"),
+    ({"compile": {"options": '{"random_search": 4'}}, r"compile\.options'?.*not valid JSON"),
+    ({"compile": {"options": {"miprov9": {}}}}, r"compile\.options'?.*unknown approach 'miprov9'"),
+    ({"reference": {"approach": "best"}}, r"reference\.approach'?"),
+    ({"program": {"k": 0}}, r"program\.k'?"),
+    ({"sampling": {"max_token": 8}}, r"sampling\.max_token'?"),
+])
+def test_a_bad_group_field_is_one_error_naming_it_before_model_work(params, message, stories_chat):
+    before = lms.generations()
+    with pytest.raises(ReasonlabError, match=r"^dspy-compile parameters: (unknown )?(field ')?" + message) as e:
+        dspy_compile(models=[str(stories_chat)], **params)
+    assert len(str(e.value).splitlines()) == 1
+    assert lms.generations() == before
+
+
+def test_cli_bad_value_is_one_line_and_help_documents_every_flag(capsys):
+    from flows.dspy_compile import main, parser
+
+    with pytest.raises(SystemExit, match=r"^error: dspy-compile parameters: field 'sampling\.max_tokens': "):
+        main(["--max-tokens", "0"])
+    text = parser().format_help()
+    flags = [a for a in parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) == 24, [a.option_strings for a in flags]
+    for action in flags:
+        assert action.help and "default" in action.help, action.option_strings
+    for flag in ("--task", "--models", "--approaches", "--reference", "--reference-approach", "--teacher",
+                 "--train-size", "--dev-size", "--test-size", "--seed", "--data", "--demos", "--adapter",
+                 "--temperature", "--max-tokens", "--num-threads", "--retriever", "--k", "--hops",
+                 "--optimizer-options", "--usd-per-hour", "--baseline", "--device", "--model"):
+        assert flag in text, flag
+    from flows.cli_params import flow_parameters
+
+    args = parser().parse_args(["--train-size", "3", "--optimizer-options", '{"bootstrap": {"max_rounds": 2}}',
+                                "--reference", "x", "--model", "m"])
+    assert flow_parameters(args) == {"data": {"train_size": 3}, "compile": {"options": '{"bootstrap": '
+                                                                                        '{"max_rounds": 2}}'},
+                                     "reference": {"model": "x"}, "model": "m"}
+
+
+def test_library_never_reaches_prefect_or_blocks():
+    for path in (ROOT / "reasonlab" / "dspy_compile").glob("*.py"):
+        text = path.read_text()
+        for name in ("prefect", "blocks", "tasks.", "flows."):
+            assert f"import {name}" not in text and f"from {name}" not in text, (path.name, name)
+
 
 
 # --- real DSPy runs ------------------------------------------------------------------------------------------
 
 
 def test_flow_on_stories_then_rerun_is_all_cached(stories_chat, tiny_models):
-    kwargs = dict(task="gsm8k", models=[str(stories_chat)], approaches=["predict", "cot", "manual", "bootstrap",
-                                                                         "random_search"],
-                  reference=str(tiny_models["llama"]), train_size=2, dev_size=1, test_size=3, max_tokens=12,
-                  optimizer_options={"random_search": {"num_candidate_programs": 1}})
+    kwargs = dict(task="gsm8k", models=[str(stories_chat)],
+                  compile={"approaches": ["predict", "cot", "manual", "bootstrap", "random_search"],
+                           "options": {"random_search": {"num_candidate_programs": 1}}},
+                  reference={"model": str(tiny_models["llama"])}, data={"train_size": 2, "dev_size": 1,
+                                                                        "test_size": 3},
+                  sampling={"max_tokens": 12})
     first = dspy_compile(**kwargs, return_state=True)
     out = first.result()
     states, artifacts = flow_run_summary(first.state_details.flow_run_id)
@@ -188,8 +285,9 @@ def test_endpoint_lm_usage_cost_and_a_failing_example(monkeypatch):
     monkeypatch.setenv("REASONLAB_LLM_PRICE_OUTPUT_PER_1K", "1.5")
     with ScriptedLLM([("ok", FORMATTED), ("ok", FORMATTED), ("status", 400), ("ok", FORMATTED)]) as srv:
         monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
-        out = dspy_compile(task="gsm8k", models=["env"], approaches=["cot"], train_size=0, dev_size=0, test_size=3,
-                           max_tokens=64, seed=7)
+        out = dspy_compile(task="gsm8k", models=["env"], compile={"approaches": ["cot"]},
+                           data={"train_size": 0, "dev_size": 0, "test_size": 3, "seed": 7},
+                           sampling={"max_tokens": 64})
         bodies = [r["body"] for r in srv.requests]
     [row] = out["table"]
     assert row["n"] == 3 and row["errors"] == 1 and row["tokens_in/ex"] == pytest.approx(200 / 3, abs=0.1)
@@ -230,7 +328,7 @@ def test_miprov2_light_wiring(stories_chat, tmp_path, monkeypatch):
     monkeypatch.setenv("REASONLAB_LLM_MODEL", "proposer")
     with ScriptedLLM([("ok", FORMATTED)]) as srv:
         monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
-        teacher = lms.parse_lm("env", temperature=0.0, max_tokens=64)
+        teacher = resolve_lm("env", temperature=0.0, max_tokens=64)
         splits = data.load_splits("gsm8k", 3, 2, 0, seed=5)
         student = lms.local_spec(str(stories_chat), max_tokens=8)
         info = run.compile_approach("mipro", {"task": "gsm8k"}, student, splits["train"], splits["dev"],
@@ -263,3 +361,67 @@ def test_engine_batches_concurrent_requests_with_the_same_answers(stories_chat):
     fields = ("answer", "reasoning", "status", "prompt_tokens", "completion_tokens")
     assert [[r[f] for f in fields] for r in threaded] == [[r[f] for f in fields] for r in one_by_one]
     assert all(r["completion_tokens"] > 0 for r in threaded)
+
+
+def test_two_children_give_the_sweep_its_figures_and_plot(stories_chat, tiny_models, tmp_path):
+    """Two dspy-compile runs as two children of the repo's sweep: their own artifacts give every column of
+    the comparison (accuracy with its CI, cost, the reference's share) and the accuracy-vs-cost PNG is written."""
+    import asyncio
+    import math
+
+    from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
+                                  plot_comparison)
+    from reasonlab.dspy_compile.sweep_metrics import COLUMNS
+    from tasks.run_info import read_flow_run
+
+    spec = load_sweep(ROOT / "deployments" / "sweeps" / "dspy_compile_models.yaml")
+    base = spec.children()[0]["parameters"]
+    assert set(base) <= set(dspy_compile.parameters.properties), base
+    small = {**base, "compile": {"approaches": ["predict", "cot"]}, "reference": {"model": str(stories_chat)},
+             "data": {"train_size": 0, "dev_size": 0, "test_size": 3}, "sampling": {"max_tokens": 8}}
+    children = []
+    for label, student in (("stories", stories_chat), ("llama", tiny_models["llama"])):
+        state = dspy_compile(**{**small, "model": str(student)}, return_state=True)
+        states, artifacts = asyncio.run(read_flow_run(state.state_details.flow_run_id))
+        children.append({"label": f"{label} | gsm8k-small", "model": label, "set": "gsm8k-small",
+                         "state": state.name, "task_states": states,
+                         "metrics": metrics_from_artifacts(artifacts, spec.deployment)})
+    rows = comparison_rows(children)
+    for row in rows:
+        blank = [c for c in COLUMNS if row.get(c) is None or (isinstance(row[c], float) and math.isnan(row[c]))]
+        # a share of a reference that scored 0 has no value (tiny random models answer nothing right)
+        assert blank == ([] if row["reference_accuracy"] else ["pct_of_reference_score"]), (row["child"], blank)
+        assert row["accuracy_ci95_low"] <= row["accuracy"] <= row["accuracy_ci95_high"]
+        assert row["cost_unit"] == "compute_s" and row["cost_per_example"] > 0
+        assert {"predict_accuracy", "cot_accuracy", "cot_ci95_high", "cot_cost"} <= set(row)
+    assert rows[0]["pct_of_reference_cost"] > 0 and rows[0]["reference_accuracy"] is not None
+    md = comparison_markdown(spec.name, spec.deployment, rows, None)
+    assert "accuracy_ci95_low" in md and "| stories \\| gsm8k-small | Completed |" in md
+    png = plot_comparison(spec.name, spec.deployment, rows, tmp_path / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_endpoint_blocks_key_is_sent_but_never_stored(tmp_path):
+    """An LLMEndpoint block with a stored key: the task layer reads it and hands it to the library; the server
+    gets it, and no result, file or artifact holds it."""
+    import asyncio
+
+    from blocks.llm_endpoint import LLMEndpoint
+    from reasonlab import paths
+    from tasks.run_info import read_flow_run
+
+    secret = "sk-dspy-block-secret-4711"
+    with ScriptedLLM([("ok", FORMATTED)]) as srv:
+        LLMEndpoint(base_url=srv.base_url, model="block-model", api_key=secret, timeout_s=5).save(
+            "dspy-test-llm", overwrite=True)
+        state = dspy_compile(models=["endpoint:dspy-test-llm"], compile={"approaches": ["cot"]},
+                             data={"train_size": 0, "dev_size": 0, "test_size": 2, "seed": 11},
+                             sampling={"max_tokens": 32}, return_state=True)
+        auth = {r["authorization"] for r in srv.requests}
+    out = state.result()
+    assert auth == {f"Bearer {secret}"} and out["table"][0]["n"] == 2 and out["table"][0]["errors"] == 0
+    _, artifacts = asyncio.run(read_flow_run(state.state_details.flow_run_id))
+    assert secret not in json.dumps(artifacts) and secret not in json.dumps(out)
+    for root in (Path(out["run_dir"]), paths.results_dir()):
+        for f in root.rglob("*"):
+            assert not f.is_file() or secret.encode() not in f.read_bytes(), f

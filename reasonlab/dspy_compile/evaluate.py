@@ -109,4 +109,16 @@ def summarize(rows: list[dict], task: str, cost_of) -> dict[str, Any]:
            "lm_calls": sum(r["lm_calls"] for r in rows)}
     if task == "hotpotqa":
         out["f1"] = stats.mean([r["f1"] for r in rows])
+    if task == "gsm8k":
+        out.update(extraction_summary(rows))
     return out
+
+
+def extraction_summary(rows: list[dict]) -> dict[str, float]:
+    """GSM8K under lm-eval's strict-match (accuracy with its bootstrap CI), and the share of answers from which
+    each rule extracted a number (the headline `score` is flexible-extract)."""
+    strict = [r["strict"] for r in rows]
+    lo, hi = stats.bootstrap_ci(strict)
+    return {"strict_score": stats.mean(strict), "strict_ci_low": lo, "strict_ci_high": hi,
+            "strict_extracted": stats.mean([r["strict_extracted"] for r in rows]),
+            "flexible_extracted": stats.mean([r["flexible_extracted"] for r in rows])}

@@ -5,7 +5,12 @@ An LM is described by plain data (an `LMSpec`), which is what cache keys and res
     spec = local_spec("qwen2.5-coder-0.5b-instruct", temperature=0.0, max_tokens=256)
     lm = build_lm(spec)               # dspy.LM("reasonlab/qwen2.5-coder-0.5b-instruct@<fp>", engine=LocalEngine(...))
     spec = endpoint_spec(EndpointConfig(base_url=..., model="gpt-4o", api_key_env="OPENAI_API_KEY"))
-    lm = build_lm(spec)               # dspy.LM("openai/gpt-4o", api_base=..., api_key=...)
+    lm = build_lm(spec)               # dspy.LM("openai/gpt-4o", api_base=..., api_key=<$OPENAI_API_KEY>)
+    lm = build_lm(spec, api_key=key)  # a key the caller read (e.g. from an LLMEndpoint block in tasks/)
+
+Endpoints are resolved by the caller (`tasks/dspy_compile.py` reads "endpoint:<block>" references) and reach
+this module as plain settings: base_url, model, the name of the key's env var or the key value itself,
+passed as an argument and never stored in a spec, a result or a file.
 
 Offline models run in-process through DSPy's engine extension point (`dspy.LM(engine=...)`, DSPy 3.4):
 `LocalEngine.complete(Request) -> Response` over the project's one model loader, thread-safe under DSPy's
@@ -46,7 +51,8 @@ class LMSpec:
     model: str  # registry name / folder (local) or the endpoint's model name
     fingerprint: str = ""  # weights fingerprint (local), "" for endpoints
     source: str = ""  # local folder or Hub id (local); base_url (endpoint)
-    api_key_env: str | None = None
+    api_key_env: str | None = None  # the env var holding the key (endpoints)
+    key_block: str | None = None  # or the name of the LLMEndpoint block the caller reads the key from
     temperature: float = 0.0
     max_tokens: int = 256
     price_input_per_1k: float = 0.0  # USD (endpoints)
@@ -90,29 +96,16 @@ def local_spec(model: str, *, temperature: float = 0.0, max_tokens: int = 256, u
                   temperature=temperature, max_tokens=max_tokens, usd_per_hour=usd_per_hour, device=device)
 
 
-def endpoint_spec(cfg, *, temperature: float = 0.0, max_tokens: int = 256) -> LMSpec:
-    """An OpenAI-compatible endpoint from the project's EndpointConfig (an LLMEndpoint block or env vars)."""
+def endpoint_spec(cfg, *, temperature: float = 0.0, max_tokens: int = 256, key_block: str | None = None) -> LMSpec:
+    """An OpenAI-compatible endpoint from an `EndpointConfig` (plain settings: base_url, model, key env var, prices);
+    `key_block` names where the caller reads a stored key from."""
     cfg = cfg.validate()
-    if cfg.is_local:  # an LLMEndpoint block that names an offline model: run it in-process
+    if cfg.is_local:  # an endpoint that names an offline model: run it in-process
         return local_spec(cfg.local_model, temperature=temperature, max_tokens=max_tokens)
     return LMSpec(kind="endpoint", model=cfg.model, source=cfg.base_url, api_key_env=cfg.api_key_env,
-                  temperature=temperature, max_tokens=max_tokens, price_input_per_1k=cfg.price_input_per_1k,
-                  price_output_per_1k=cfg.price_output_per_1k, timeout_s=cfg.timeout_s)
-
-
-def parse_lm(ref: str, *, temperature: float, max_tokens: int, usd_per_hour: float = 0.0,
-             device: str = "cpu") -> LMSpec:
-    """"endpoint:<LLMEndpoint block>", "env" (REASONLAB_LLM_* vars), or an offline model name / folder."""
-    if ref.startswith("endpoint:"):
-        from blocks.llm_endpoint import load_endpoint
-
-        return endpoint_spec(load_endpoint(ref.split(":", 1)[1]).to_config(), temperature=temperature,
-                             max_tokens=max_tokens)
-    if ref == "env":
-        from reasonlab.llm_client import endpoint_from_env
-
-        return endpoint_spec(endpoint_from_env(), temperature=temperature, max_tokens=max_tokens)
-    return local_spec(ref, temperature=temperature, max_tokens=max_tokens, usd_per_hour=usd_per_hour, device=device)
+                  key_block=key_block, temperature=temperature, max_tokens=max_tokens,
+                  price_input_per_1k=cfg.price_input_per_1k, price_output_per_1k=cfg.price_output_per_1k,
+                  timeout_s=cfg.timeout_s)
 
 
 def configure_dspy_cache() -> str:
@@ -302,21 +295,19 @@ def _engine_for(spec: LMSpec) -> LocalEngine:
         return _ENGINES[key]
 
 
-def _api_key(spec: LMSpec, key_block: str | None = None) -> str:
+def _api_key(spec: LMSpec, api_key: str | None = None) -> str:
+    """The key for a call: `api_key` when the caller passes one, else the env var the spec names."""
     from reasonlab.llm_client import EndpointConfig, resolve_api_key
 
-    if key_block:
-        from blocks.llm_endpoint import load_endpoint
-
-        return load_endpoint(key_block).api_key_value()
-    return resolve_api_key(EndpointConfig(model=spec.model, base_url=spec.source, api_key_env=spec.api_key_env))
+    return resolve_api_key(EndpointConfig(model=spec.model, base_url=spec.source, api_key_env=spec.api_key_env),
+                           api_key)
 
 
-def check_endpoint(spec: LMSpec, key_block: str | None = None) -> None:
+def check_endpoint(spec: LMSpec, api_key: str | None = None) -> None:
     """Before any work: an endpoint that is down or refuses the key is one clear error."""
     if spec.kind != "endpoint":
         return
-    key = _api_key(spec, key_block)
+    key = _api_key(spec, api_key)
     req = urllib.request.Request(spec.source.rstrip("/") + "/models", headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(req, timeout=min(spec.timeout_s, 15)):
@@ -324,14 +315,14 @@ def check_endpoint(spec: LMSpec, key_block: str | None = None) -> None:
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise ReasonlabError(f"LLM endpoint {spec.source} refused the API key (HTTP {e.code}): check "
-                                 f"{spec.api_key_env or 'the LLMEndpoint block key'}") from None
+                                 f"{spec.api_key_env or f'the key of block {spec.key_block}'}") from None
         return  # e.g. 404: no /models route; the first call will tell
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ReasonlabError(f"LLM endpoint {spec.source} is unreachable ({reason}): is the server up?") from None
 
 
-def build_lm(spec: LMSpec, key_block: str | None = None):
+def build_lm(spec: LMSpec, api_key: str | None = None):
     """A dspy.LM for the spec (temperature and max_tokens always explicit)."""
     import dspy
 
@@ -340,7 +331,7 @@ def build_lm(spec: LMSpec, key_block: str | None = None):
         return dspy.LM(spec.dspy_model, engine=_engine_for(spec), temperature=spec.temperature,
                        max_tokens=spec.max_tokens, num_retries=0)
     if spec.kind == "endpoint":
-        return dspy.LM(spec.dspy_model, api_base=spec.source, api_key=_api_key(spec, key_block),
+        return dspy.LM(spec.dspy_model, api_base=spec.source, api_key=_api_key(spec, api_key),
                        temperature=spec.temperature, max_tokens=spec.max_tokens, timeout=spec.timeout_s,
                        num_retries=2)
     raise ReasonlabError(f"unknown LM kind {spec.kind!r}: use local or endpoint")

@@ -24,14 +24,14 @@ def _cost(summary: dict, unit: str) -> float:
 def table(results: list[dict], task: str, baseline: str = "cot") -> list[dict[str, Any]]:
     """One row per (model, approach): score + CI, parse failures, tokens, cost, latency, and the paired
     bootstrap difference against the same model's `baseline` approach (same test examples)."""
-    unit = cost_unit(results)
     base = {r["model"]: r for r in results if r["approach"] == baseline and not r.get("reference")}
     rows = []
     for r in results:
         s = r["summary"]
         row = {"model": r["model"], "approach": r["approach"] + (" (reference)" if r.get("reference") else ""),
-               metrics.headline(task): round(s["score"], 4), "95% CI": f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]",
-               "n": s["n"], "parse_failures": s["parse_failures"], "errors": s["errors"],
+               metrics.headline(task): round(s["score"], 4), "ci95_low": round(s["ci_low"], 4),
+               "ci95_high": round(s["ci_high"], 4), **_strict_columns(s), "n": s["n"],
+               "parse_failures": s["parse_failures"], "errors": s["errors"],
                "tokens_in/ex": round(s["prompt_tokens_per_ex"], 1), "tokens_out/ex": round(s["completion_tokens_per_ex"], 1),
                "compute_s/ex": round(s["compute_s_per_ex"], 3), "cost_usd/ex": round(s["cost_usd_per_ex"], 6),
                "latency_s/ex": round(s["latency_s_per_ex"], 3), "demos": r.get("demos", 0),
@@ -48,8 +48,19 @@ def table(results: list[dict], task: str, baseline: str = "cot") -> list[dict[st
     return rows
 
 
+def _strict_columns(summary: dict) -> dict[str, Any]:
+    """GSM8K: accuracy under lm-eval's strict-match with its CI, and the share of answers each rule extracts."""
+    if "strict_score" not in summary:
+        return {}
+    return {"accuracy_strict": round(summary["strict_score"], 4),
+            "strict_ci95_low": round(summary["strict_ci_low"], 4),
+            "strict_ci95_high": round(summary["strict_ci_high"], 4),
+            "extracted_strict": round(summary["strict_extracted"], 4),
+            "extracted_flexible": round(summary["flexible_extracted"], 4)}
+
+
 def reference_rows(results: list[dict], task: str) -> list[dict[str, Any]]:
-    """Against the reference model: each small-model approach's score as % of the reference's, at % of its cost."""
+    """Each small-model approach's score as % of the reference's, at % of its cost."""
     refs = [r for r in results if r.get("reference")]
     if not refs:
         return []

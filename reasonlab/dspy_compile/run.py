@@ -23,13 +23,15 @@ def _ledger(lm) -> dict[str, Any]:
 def compile_approach(approach: str, program_spec: dict, lm_spec: lms.LMSpec, train: list[dict], dev: list[dict],
                      out_file: str | Path, demos: list[dict] | None = None, teacher: lms.LMSpec | None = None,
                      options: dict | None = None, adapter: str = "chat", seed: int = 0,
-                     num_threads: int = 1) -> dict[str, Any]:
-    """Compile `approach` with `lm_spec` as the student; save the program (DSPy's JSON `save`) to out_file."""
+                     num_threads: int = 1, api_key: str | None = None,
+                     teacher_api_key: str | None = None) -> dict[str, Any]:
+    """Compile `approach` with `lm_spec` as the student; save the program (DSPy's JSON `save`) to out_file.
+    `api_key` / `teacher_api_key`: endpoint keys the caller read (else each spec's env var)."""
     import dspy
 
     task = program_spec["task"]
-    lm = lms.build_lm(lm_spec)
-    teacher_lm = lms.build_lm(teacher) if teacher else None
+    lm = lms.build_lm(lm_spec, api_key)
+    teacher_lm = lms.build_lm(teacher, teacher_api_key) if teacher else None
     trainset = [programs.to_example(r, task) for r in train]
     devset = [programs.to_example(r, task) for r in dev]
     demo_examples = [programs.to_example(d, task) for d in demos] if demos else None
@@ -53,11 +55,11 @@ def compile_approach(approach: str, program_spec: dict, lm_spec: lms.LMSpec, tra
 
 
 def evaluate_saved(program_spec: dict, program_file: str, lm_spec: lms.LMSpec, rows: list[dict], out_file: str | Path,
-                   adapter: str = "chat", num_threads: int = 1) -> dict[str, Any]:
+                   adapter: str = "chat", num_threads: int = 1, api_key: str | None = None) -> dict[str, Any]:
     """Load the saved program, evaluate it on `rows`; the per-example records go to out_file."""
     task = program_spec["task"]
     program = programs.load_program(program_spec, program_file)
-    lm = lms.build_lm(lm_spec)
+    lm = lms.build_lm(lm_spec, api_key)
     started = time.perf_counter()
     records = evaluate.evaluate_program(program, rows, task, lm, adapter=adapter, num_threads=num_threads)
     wall = time.perf_counter() - started
