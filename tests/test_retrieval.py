@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,3 +328,63 @@ def test_llm_library_entry_for_an_existing_domain_is_refused_before_any_call(tmp
         proc = _cli(tmp_path, srv.base_url, "nephrology", "--output", str(tmp_path / "x.yaml"))
         assert srv.posts() == 0
     assert proc.returncode != 0 and "already in the library" in proc.stderr
+
+
+# ---------------------------------------------------------------- issue "every figure right": each bug, its test
+
+def test_option_text_figure_is_named_for_what_it_computes(stories_path, seed_questions):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    row = option_scoring.score_question(model, tokenizer, seed_questions[0], debias=False)
+    summary = report.summarize(seed_questions[:1], {"none": [row]}, n_boot=100)
+    c = summary["conditions"][0]
+    assert "acc_norm" not in c and 0 <= c["acc_option_text_norm"] <= 1
+    assert "acc_option_text_norm" in report.summary_markdown("t", summary)
+
+
+MIXED = [{"id": "four", "question": "Which organ pumps blood?", "answer": "B",
+          "options": {"A": "liver", "B": "heart", "C": "lung", "D": "kidney"}},
+         {"id": "five", "question": "Which hormone lowers glucose?", "answer": "E",
+          "options": {"A": "glucagon", "B": "cortisol", "C": "adrenaline", "D": "thyroxine", "E": "insulin"}}]
+
+
+def test_a_file_mixing_four_and_five_options_scores_each_question_with_its_own_letters(flow_inputs, tmp_path,
+                                                                                    stories_path):
+    from flows.instruction_retrieval import instruction_retrieval
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in MIXED))
+    out = instruction_retrieval(questions=[str(path)], library=flow_inputs["library"], top_k=2,
+                                models=[str(stories_path)], n_boot=100)
+    rows = json.loads((Path(out["run_dir"]) / "stories260k" / "mixed" / "summary.json").read_text())
+    none = next(c for c in rows["conditions"] if c["condition"] == "none")
+    assert none["n"] == 2 and set(none["pred_letters"]) == set("ABCDE")
+
+
+def _row(qid, answer, pred, n=4):
+    probs = [0.1] * n
+    probs["ABCDE".index(pred)] = 1 - 0.1 * (n - 1)
+    return {"id": qid, "answer": answer, "pred": pred, "probs": probs, "letter_mass": 0.5}
+
+
+def test_oracle_is_reported_with_its_own_n_and_compared_with_none_on_the_same_questions():
+    questions = [{"id": str(i), "options": dict(zip("ABCD", "wxyz")), "answer": "A",
+                  "domain": "cardiology" if i < 2 else None} for i in range(6)]
+    scored = {"none": [_row(str(i), "A", "A" if i >= 2 else "B") for i in range(6)],  # 4/6 right, 0/2 on labelled
+              "oracle": [_row("0", "A", "A"), _row("1", "A", "B")]}
+    summary = report.summarize(questions, scored, n_boot=100)
+    by = {c["condition"]: c for c in summary["conditions"]}
+    assert by["none"]["n"] == 6 and by["oracle"]["n"] == 2
+    assert by["none_on_oracle_questions"]["n"] == 2 and by["none_on_oracle_questions"]["acc"] == 0.0
+    diff = next(d for d in summary["differences"] if d["comparison"] == "oracle - none" and d["metric"] == "acc")
+    assert diff["n"] == 2 and diff["diff"] == pytest.approx(0.5)
+    assert "none_on_oracle_questions | 2 |" in report.summary_markdown("t", summary)
+
+
+def test_rrf_ranking_does_not_depend_on_the_library_order(library, seed_questions):
+    spec = resolve_embedder("all-minilm-l6-v2")
+    medqa = load_questions("medqa", 0, 20)
+    forward = rank_domains(seed_questions + medqa, library, spec)["per_question"]
+    backward = rank_domains(seed_questions + medqa, dict(reversed(list(library.items()))), spec)["per_question"]
+    for a, b in zip(forward, backward, strict=True):
+        for method in ("bm25", "rrf"):
+            assert [d for d, _ in a[method]] == [d for d, _ in b[method]], (a["id"], method)
