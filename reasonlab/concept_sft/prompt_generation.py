@@ -24,6 +24,7 @@ from typing import Any
 from reasonlab.errors import ReasonlabError
 from reasonlab.io import read_structured, write_json
 from reasonlab.llm_client import LLMCallError, LLMClient, LLMUnavailable
+from reasonlab.llm_replies import REFUSAL, normalize
 from reasonlab.concept_sft.prompts import PromptItem, validate_item
 
 VERSION = "2"  # 2: paraphrases and neighbours
@@ -46,7 +47,6 @@ SEED_EXAMPLES = [  # the seed's good prompts: shown to the LLM, never accepted a
 DETERMINERS = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "her", "their", "some", "any",
                "many", "several", "each", "every", "one", "our", "your", "my"}
 SEVERAL_ANSWERS = re.compile(r"\b(includes?|including|such as|for example|e\.g\.|examples? of|one of|among)\b", re.I)
-REFUSAL = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i can(?:'|no)t|i cannot|i won'?t|as an ai)", re.I)
 
 ITEM_SCHEMA = {
     "type": "object",
@@ -87,10 +87,6 @@ class GenerationParams:
         for i, ex in enumerate(self.examples):
             validate_item(ex, f"generation example {i}")
         return self
-
-
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 # ------------------------------------------------------------------ asking
