@@ -315,6 +315,45 @@ def test_cli_help_documents_every_flag_with_its_default():
         assert "default" in line.lower() and len(line.split("  ", 1)[-1].strip()) > 20, line
 
 
+
+def test_two_children_give_the_sweep_comparison_every_condition_with_its_ci(flow_inputs, stories_path, tmp_path):
+    import asyncio
+
+    from flows.instruction_retrieval import instruction_retrieval
+    from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
+                                  plot_comparison)
+    from reasonlab.retrieval.params import GROUPS, parse_group
+    from tasks.run_info import read_flow_run
+
+    spec = load_sweep(paths.project_root() / "deployments/sweeps/instruction_retrieval_models.yaml")
+    assert spec.deployment == "instruction-retrieval/instruction-retrieval" and spec.model_parameter == "model"
+    assert set(spec.base_parameters) <= set(GROUPS)
+    for name in GROUPS:  # the sweep's parameters are the flow's
+        parse_group(name, spec.base_parameters.get(name))
+    children = []
+    for method in ("rrf", "bm25"):  # two children: a parameter-set sweep on one tiny model
+        state = instruction_retrieval(model=str(stories_path), questions=flow_inputs["questions"],
+                                      retrieval={"library": flow_inputs["library"], "top_k": 2, "method": method},
+                                      scoring=spec.base_parameters["scoring"], analysis={"n_boot": 200},
+                                      return_state=True)
+        assert state.is_completed(), state
+        states, artifacts = asyncio.run(read_flow_run(state.state_details.flow_run_id))
+        children.append({"label": f"stories | {method}", "model": str(stories_path), "set": method,
+                         "state": "Completed", "task_states": states,
+                         "metrics": metrics_from_artifacts(artifacts, spec.deployment)})
+    rows = comparison_rows(children)
+    for r in rows:
+        assert (r["questions"], r["n"], r["metric"], r["oracle_n"]) == ("seed", 3, "acc_debiased", 3)
+        for c in ("none", "top1", "topk", "random_other", "oracle"):
+            assert r[c] is not None and r[f"{c}_low"] <= r[c] <= r[f"{c}_high"], (c, r)
+        for c in ("top1_vs_none", "oracle_vs_none"):
+            assert not math.isnan(r[c]) and r[f"{c}_low"] <= r[f"{c}_high"] and 0 <= r[f"{c}_p"] <= 1, (c, r)
+        assert r["none_on_oracle"] is None  # every seed question has its domain: the oracle covers them all
+    png = plot_comparison(spec.name, spec.deployment, rows, tmp_path / "sweep.png")
+    md = comparison_markdown(spec.name, spec.deployment, rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| stories \\| bm25 | Completed |" in md and "top1_vs_none_p" in md and "base_p_correct" not in md
+
 # --- LLM-written library entries (a real loopback OpenAI-compatible server, the real CLI in a subprocess) -----
 
 GOOD_ENTRY = {"description": "The eye and vision: red eye, acute vision loss, glaucoma, retina.",

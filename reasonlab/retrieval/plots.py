@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reasonlab.io import atomic_path
+from reasonlab.plots import pyplot, save_figure
 
 COLORS = {"none": "#9e9e9e", "none_on_oracle_questions": "#636363", "top1": "#1f77b4", "oracle": "#2ca02c",
           "random_other": "#d62728"}
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _color(condition: str) -> str:
@@ -25,12 +20,8 @@ def _color(condition: str) -> str:
 
 
 def _save(fig, dest: Path | str) -> Path:
-    plt = _plt()
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(dest)
+    return save_figure(fig, dest, dpi=100)
 
 
 def option_distributions(questions: list[dict], scored: dict[str, list[dict]], dist: str, dest: Path | str,
