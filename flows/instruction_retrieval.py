@@ -124,7 +124,7 @@ def check_inputs(model: str | None = None, models: list[str] | None = None, **gr
             raise ReasonlabError(f"model {m.name!r} has no chat template: set scoring.use_chat_template false")
     settings = dict(library=library_hash(library), embedder=embedder.to_dict(), retriever=r.method, top_k=r.top_k,
                     use_chat_template=s.use_chat_template, debias=s.debias, option_text_norm=s.option_text_norm,
-                    seed=a.seed, sources={spec: str(experiment.source_file(spec)) for spec in q.sources})
+                    seed=a.seed)
     return Inputs(q, r, s, a, library, embedder, resolved, sets, settings)
 
 

@@ -39,18 +39,6 @@ def load_question_sets(sources: list[str], start: int, n: int, domains: str | No
     return sets
 
 
-def source_file(spec: str) -> Path | None:
-    """The local file behind a question source, so its content keys the cache (None for Hub sources)."""
-    if spec == "seed":
-        return paths.find_input(question_sources.SEED_FILE)
-    if spec == "medqa":
-        local = paths.shared_data_dir() / question_sources.MEDQA_LOCAL
-        return local if local.is_file() else None
-    if spec in ("medqa-hub", "medmcqa") or spec.startswith("hub:"):
-        return None
-    return paths.find_input(spec)
-
-
 def check_top_k(top_k: int, library: dict) -> None:
     if not top_k < len(library):
         raise ReasonlabError(f"retrieval.top_k must be below the library's {len(library)} domains, got {top_k}")
