@@ -1,11 +1,11 @@
-"""Option scoring: the four letters from one forward against one forward per option, and acc_norm over a shared
+"""Option scoring: the four letters from one forward against one forward per option, and the option texts over a shared
 prefix (KV cache + one batched forward of the continuations) against one forward per option.
 
     python bench/option_scoring.py                       # SmolLM2-135M-Instruct, 8 MedQA questions, best of 2
     python bench/option_scoring.py --model gemma-3-270m --n 10
 
 Ends with key=value lines: max_abs_diff (largest log-likelihood difference, letters and option texts), speedup
-(letters: per-option time / one-forward time) and acc_norm_speedup (unbatched / batched).
+(letters: per-option time / one-forward time) and option_text_speedup (unbatched / batched).
 """
 
 import argparse
@@ -65,13 +65,13 @@ def main() -> None:
     print(f"mean_prompt_tokens={tokens:.0f}")
     print(f"letters_one_forward_s={t_one:.3f}")
     print(f"letters_per_option_s={t_per:.3f}")
-    print(f"acc_norm_batched_s={t_nb:.3f}")
-    print(f"acc_norm_unbatched_s={t_nu:.3f}")
+    print(f"option_text_batched_s={t_nb:.3f}")
+    print(f"option_text_unbatched_s={t_nu:.3f}")
     print(f"letter_max_abs_diff={letter_diff:.2e}")
-    print(f"acc_norm_max_abs_diff={norm_diff:.2e}")
+    print(f"option_text_max_abs_diff={norm_diff:.2e}")
     print(f"max_abs_diff={max(letter_diff, norm_diff):.2e}")
     print(f"speedup={t_per / t_one:.2f}")
-    print(f"acc_norm_speedup={t_nu / t_nb:.2f}")
+    print(f"option_text_speedup={t_nu / t_nb:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from reasonlab.errors import ReasonlabError
 from reasonlab.models import forward_passes, load_model, resolve_model
 from reasonlab.retrieval import conditions, metrics, option_scoring, report
 from reasonlab.retrieval.embedders import library_embeddings, resolve_embedder
-from reasonlab.retrieval.fusion import reciprocal_rank_fusion
+from reasonlab.retrieval.fusion import order, ranks, reciprocal_rank_fusion
 from reasonlab.retrieval.library import DEFAULT_LIBRARY, load_library, validate_library
 from reasonlab.retrieval.prompts import mc_text, rotate
 from reasonlab.retrieval.questions import apply_domains, load_file, load_questions, normalize
@@ -96,9 +99,18 @@ def test_hub_sources_keep_the_real_path_and_fail_clearly_offline(monkeypatch):
 def test_rrf_rewards_agreement():
     dense = np.array([[0.9, 0.8, 0.1]])
     bm25 = np.array([[1.0, 5.0, 0.0]])
-    fused = reciprocal_rank_fusion([dense, bm25])
+    fused = reciprocal_rank_fusion([dense, bm25], ["a", "b", "c"])
     assert fused[0, 2] < min(fused[0, 0], fused[0, 1])
     assert fused[0, 0] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_rrf_ties_are_ordered_by_domain_name_not_by_position():
+    dense, bm25 = np.array([[0.9, 0.8, 0.0]]), np.array([[1.0, 5.0, 0.0]])  # b and a tie at 1/61 + 1/62
+    for names in (["b", "a", "c"], ["a", "b", "c"]):
+        fused = reciprocal_rank_fusion([dense, bm25], names)
+        assert fused[0, 0] == fused[0, 1]
+        assert [names[j] for j in order(fused[0], names)] == ["a", "b", "c"]
+    assert ranks(np.array([[0.0, 0.0, 1.0]]), ["z", "y", "x"]).tolist() == [[3, 2, 1]]
 
 
 def test_minilm_retrieves_the_seed_domains_and_caches_library_embeddings(library, seed_questions):
@@ -175,7 +187,7 @@ def test_debiased_distribution_does_not_depend_on_the_option_order(stories_path,
     # the batched row equals each order scored alone, and acc_norm equals the unbatched reference
     for s in range(4):
         alone = option_scoring.score_question(model, tokenizer, {**q, "options": rotate(q["options"], s)},
-                                              acc_norm=False)
+                                              option_text_norm=False)
         assert rotate(dict(zip("ABCD", alone["probs"])), -s) == pytest.approx(dict(zip("ABCD", row["shift_probs"][s])),
                                                                              abs=1e-5)
     reference = option_scoring.option_text_scores_unbatched(model, tokenizer, mc_text(q["question"], q["options"]),
@@ -225,20 +237,20 @@ def test_differences_are_condition_minus_reference_with_mcnemar_counts_in_that_o
 def flow_inputs(tmp_path):
     lib = tmp_path / "library.yaml"
     lib.write_text(yaml.safe_dump(TINY_LIBRARY))
-    return {"library": str(lib), "questions": ["seed"]}
+    return {"library": str(lib), "questions": {"sources": ["seed"]}}
 
 
 def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_inputs, stories_path):
     from flows.instruction_retrieval import instruction_retrieval
     from tasks.run_info import flow_run_summary
 
-    kwargs = dict(questions=flow_inputs["questions"], library=flow_inputs["library"], top_k=2,
-                  models=[str(stories_path)], n_boot=200, return_state=True)
+    kwargs = dict(questions=flow_inputs["questions"], retrieval={"library": flow_inputs["library"], "top_k": 2},
+                  models=[str(stories_path)], analysis={"n_boot": 200}, return_state=True)
     first = instruction_retrieval(**kwargs)
     out = first.result()
     states, artifacts = flow_run_summary(first.state_details.flow_run_id)
     assert set(states.values()) == {"Completed"}
-    assert {"instruction-retrieval-stories260k-seed", "instruction-retrieval-stories260k-seed-differences",
+    assert {"instruction-retrieval-accuracy", "instruction-retrieval-differences",
             "instruction-retrieval-stories260k-seed-report", "instruction-retrieval-scaling"} <= artifacts
     result = out["results"]["stories260K"]["seed"]
     assert [c["condition"] for c in result["conditions"]] == ["none", "top1", "top2", "oracle", "random_other"]
@@ -267,17 +279,94 @@ def test_flow_bad_inputs_fail_before_any_model_work(flow_inputs, tmp_path, stori
     bad_lib = tmp_path / "bad.yaml"
     bad_lib.write_text(yaml.safe_dump({**TINY_LIBRARY, "obstetrics": {"description": "x", "knowledge": ["y"]}}))
     with pytest.raises(ReasonlabError, match="entry 'obstetrics' is missing the field 'reasoning'"):
-        instruction_retrieval(questions=["seed"], library=str(bad_lib), models=[str(stories_path)])
+        instruction_retrieval(retrieval={"library": str(bad_lib)}, models=[str(stories_path)])
     with pytest.raises(ReasonlabError, match="unknown embedder 'not an embedder'"):
-        instruction_retrieval(questions=["seed"], library=flow_inputs["library"], embedder="not an embedder",
-                              top_k=2, models=[str(stories_path)])
+        instruction_retrieval(retrieval={"library": flow_inputs["library"], "embedder": "not an embedder",
+                                         "top_k": 2}, models=[str(stories_path)])
     bad_q = tmp_path / "bad.jsonl"
     bad_q.write_text(json.dumps({"question": "Q?", "options": {"A": "a", "B": "b"}, "answer": "C"}) + "\n")
     with pytest.raises(ReasonlabError, match="the answer letter 'C' is not among the options"):
-        instruction_retrieval(questions=[str(bad_q)], library=flow_inputs["library"], top_k=2,
-                              models=[str(stories_path)])
+        instruction_retrieval(questions={"sources": [str(bad_q)]}, retrieval={"library": flow_inputs["library"],
+                                                                              "top_k": 2}, models=[str(stories_path)])
+    with pytest.raises(ReasonlabError, match="top_k must be below the library's 3 domains"):
+        instruction_retrieval(retrieval={"library": flow_inputs["library"], "top_k": 3}, models=[str(stories_path)])
     assert forward_passes() == before
 
+
+@pytest.mark.parametrize("group, value, field", [
+    ("retrieval", {"method": "bm26"}, "retrieval.method: unknown retrieval method 'bm26'"),
+    ("questions", {"n": 0}, "questions.n"), ("analysis", {"n_boot": 5}, "analysis.n_boot"),
+    ("scoring", {"dtype": "int8"}, "scoring.dtype: unknown dtype 'int8'"),
+    ("scoring", {"debias_all": True}, "scoring.debias_all"),
+])
+def test_a_bad_group_field_is_one_error_naming_it_before_model_work(flow_inputs, stories_path, group, value, field):
+    from flows.instruction_retrieval import instruction_retrieval
+
+    before = forward_passes()
+    with pytest.raises(ReasonlabError, match=re.escape(field)) as err:
+        instruction_retrieval(models=[str(stories_path)], **{group: value})
+    assert str(err.value).count("\n") == 0 and forward_passes() == before
+
+
+def test_cli_help_documents_every_flag_with_its_default():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "flows.instruction_retrieval", "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=paths.project_root(), env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flags: list[str] = []  # each flag with its help, which may start on the next line
+    for line in proc.stdout.split("options:", 1)[1].splitlines():
+        if line.strip().startswith("--"):
+            flags.append(line.strip())
+        elif flags and line.startswith("    ") and line.strip():
+            flags[-1] += "  " + line.strip()
+    names = {n for f in flags for n in re.findall(r"--[\w-]+", f.split("  ", 1)[0])}
+    assert {"--model", "--models", "--questions", "--n-questions", "--n-boot", "--retriever", "--top-k",
+            "--no-debias", "--no-option-text-norm", "--seed", "--chunk-size", "--dtype"} <= names
+    assert len(flags) == 18  # model, models and every field of the four groups, each once
+    for line in flags:
+        assert "default" in line.lower() and len(line.split("  ", 1)[-1].strip()) > 20, line
+
+
+
+def test_two_children_give_the_sweep_comparison_every_condition_with_its_ci(flow_inputs, stories_path, tmp_path):
+    import asyncio
+
+    from flows.instruction_retrieval import instruction_retrieval
+    from flows.sweep_spec import (comparison_markdown, comparison_rows, load_sweep, metrics_from_artifacts,
+                                  plot_comparison)
+    from reasonlab.retrieval.params import GROUPS, parse_group
+    from tasks.run_info import read_flow_run
+
+    spec = load_sweep(paths.project_root() / "deployments/sweeps/instruction_retrieval_models.yaml")
+    assert spec.deployment == "instruction-retrieval/instruction-retrieval" and spec.model_parameter == "model"
+    assert set(spec.base_parameters) <= set(GROUPS)
+    for name in GROUPS:  # the sweep's parameters are the flow's
+        parse_group(name, spec.base_parameters.get(name))
+    children = []
+    for method in ("rrf", "bm25"):  # two children: a parameter-set sweep on one tiny model
+        state = instruction_retrieval(model=str(stories_path), questions=flow_inputs["questions"],
+                                      retrieval={"library": flow_inputs["library"], "top_k": 2, "method": method},
+                                      scoring=spec.base_parameters["scoring"], analysis={"n_boot": 200},
+                                      return_state=True)
+        assert state.is_completed(), state
+        states, artifacts = asyncio.run(read_flow_run(state.state_details.flow_run_id))
+        children.append({"label": f"stories | {method}", "model": str(stories_path), "set": method,
+                         "state": "Completed", "task_states": states,
+                         "metrics": metrics_from_artifacts(artifacts, spec.deployment)})
+    rows = comparison_rows(children)
+    for r in rows:
+        assert (r["questions"], r["n"], r["metric"], r["oracle_n"]) == ("seed", 3, "acc_debiased", 3)
+        for c in ("none", "top1", "topk", "random_other", "oracle"):
+            assert r[c] is not None and r[f"{c}_low"] <= r[c] <= r[f"{c}_high"], (c, r)
+        for c in ("top1_vs_none", "oracle_vs_none"):
+            assert not math.isnan(r[c]) and r[f"{c}_low"] <= r[f"{c}_high"] and 0 <= r[f"{c}_p"] <= 1, (c, r)
+        assert r["none_on_oracle"] is None  # every seed question has its domain: the oracle covers them all
+    png = plot_comparison(spec.name, spec.deployment, rows, tmp_path / "sweep.png")
+    md = comparison_markdown(spec.name, spec.deployment, rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| stories \\| bm25 | Completed |" in md and "top1_vs_none_p" in md and "base_p_correct" not in md
 
 # --- LLM-written library entries (a real loopback OpenAI-compatible server, the real CLI in a subprocess) -----
 
@@ -341,3 +430,63 @@ def test_llm_library_entry_for_an_existing_domain_is_refused_before_any_call(tmp
         proc = _cli(tmp_path, srv.base_url, "nephrology", "--output", str(tmp_path / "x.yaml"))
         assert srv.posts() == 0
     assert proc.returncode != 0 and "already in the library" in proc.stderr
+
+
+# ---------------------------------------------------------------- issue "every figure right": each bug, its test
+
+def test_option_text_figure_is_named_for_what_it_computes(stories_path, seed_questions):
+    model, tokenizer = load_model(resolve_model(str(stories_path)))
+    row = option_scoring.score_question(model, tokenizer, seed_questions[0], debias=False)
+    summary = report.summarize(seed_questions[:1], {"none": [row]}, n_boot=100)
+    c = summary["conditions"][0]
+    assert "acc_norm" not in c and 0 <= c["acc_option_text_norm"] <= 1
+    assert "acc_option_text_norm" in report.summary_markdown("t", summary)
+
+
+MIXED = [{"id": "four", "question": "Which organ pumps blood?", "answer": "B",
+          "options": {"A": "liver", "B": "heart", "C": "lung", "D": "kidney"}},
+         {"id": "five", "question": "Which hormone lowers glucose?", "answer": "E",
+          "options": {"A": "glucagon", "B": "cortisol", "C": "adrenaline", "D": "thyroxine", "E": "insulin"}}]
+
+
+def test_a_file_mixing_four_and_five_options_scores_each_question_with_its_own_letters(flow_inputs, tmp_path,
+                                                                                    stories_path):
+    from flows.instruction_retrieval import instruction_retrieval
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in MIXED))
+    out = instruction_retrieval(questions={"sources": [str(path)]}, models=[str(stories_path)],
+                                retrieval={"library": flow_inputs["library"], "top_k": 2}, analysis={"n_boot": 100})
+    rows = json.loads((Path(out["run_dir"]) / "stories260k" / "mixed" / "summary.json").read_text())
+    none = next(c for c in rows["conditions"] if c["condition"] == "none")
+    assert none["n"] == 2 and set(none["pred_letters"]) == set("ABCDE")
+
+
+def _row(qid, answer, pred, n=4):
+    probs = [0.1] * n
+    probs["ABCDE".index(pred)] = 1 - 0.1 * (n - 1)
+    return {"id": qid, "answer": answer, "pred": pred, "probs": probs, "letter_mass": 0.5}
+
+
+def test_oracle_is_reported_with_its_own_n_and_compared_with_none_on_the_same_questions():
+    questions = [{"id": str(i), "options": dict(zip("ABCD", "wxyz")), "answer": "A",
+                  "domain": "cardiology" if i < 2 else None} for i in range(6)]
+    scored = {"none": [_row(str(i), "A", "A" if i >= 2 else "B") for i in range(6)],  # 4/6 right, 0/2 on labelled
+              "oracle": [_row("0", "A", "A"), _row("1", "A", "B")]}
+    summary = report.summarize(questions, scored, n_boot=100)
+    by = {c["condition"]: c for c in summary["conditions"]}
+    assert by["none"]["n"] == 6 and by["oracle"]["n"] == 2
+    assert by["none_on_oracle_questions"]["n"] == 2 and by["none_on_oracle_questions"]["acc"] == 0.0
+    diff = next(d for d in summary["differences"] if d["comparison"] == "oracle - none" and d["metric"] == "acc")
+    assert diff["n"] == 2 and diff["diff"] == pytest.approx(0.5)
+    assert "none_on_oracle_questions | 2 |" in report.summary_markdown("t", summary)
+
+
+def test_rrf_ranking_does_not_depend_on_the_library_order(library, seed_questions):
+    spec = resolve_embedder("all-minilm-l6-v2")
+    medqa = load_questions("medqa", 0, 20)
+    forward = rank_domains(seed_questions + medqa, library, spec)["per_question"]
+    backward = rank_domains(seed_questions + medqa, dict(reversed(list(library.items()))), spec)["per_question"]
+    for a, b in zip(forward, backward, strict=True):
+        for method in ("dense", "bm25", "rrf"):  # dense: the cached library embeddings keep each domain's row
+            assert [d for d, _ in a[method]] == [d for d, _ in b[method]], (a["id"], method)

@@ -99,18 +99,23 @@ def embed_texts(spec: EmbedderSpec, texts: list[str], batch_size: int = 32) -> n
 
 def embeddings_path(spec: EmbedderSpec, library: dict) -> Path:
     key = re.sub(r"[^\w.-]+", "_", f"{spec.name}-{spec.fingerprint}")[:120]
-    return paths.home() / "embeddings" / key / f"library-{library_hash(library)}.npy"
+    return paths.home() / "embeddings" / key / f"library-{library_hash(library)}-by-name.npy"
 
 
 def library_embeddings(spec: EmbedderSpec, library: dict) -> tuple[np.ndarray, bool]:
-    """(one row per domain in library order, whether it came from the cache); cached by library hash + embedder."""
+    """(one row per domain in library order, whether it came from the cache); cached by library hash + embedder.
+
+    The file holds the rows in domain-name order: the library hash ignores the YAML's order, so a reordered
+    library finds the same file and must still get each domain's own row."""
     dest = embeddings_path(spec, library)
+    names = sorted(library)
+    back = [names.index(d) for d in library]  # file row of each domain, in library order
     if dest.is_file():
         vectors = np.load(dest)
         if vectors.shape[0] == len(library):
-            return vectors, True
-    vectors = embed_texts(spec, [document(d, e) for d, e in library.items()])
+            return vectors[back], True
+    vectors = embed_texts(spec, [document(d, library[d]) for d in names])
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, vectors)
-    return vectors, False
+    return vectors[back], False

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from reasonlab.concept_sft.prompt_generation import REFUSAL, normalize
 from reasonlab.errors import ReasonlabError
 from reasonlab.llm_client import LLMClient
+from reasonlab.llm_output import REFUSAL, normalize
 from reasonlab.retrieval.library import DOMAIN_NAME, FIELDS, validate_library
 
 MAX_ITEMS = 8  # knowledge facts / reasoning steps per entry

@@ -1,13 +1,18 @@
-"""Option scoring in lm-evaluation-harness's conventions, with the model's own softmax as the distribution.
+"""Option scoring: lm-evaluation-harness's prompt layout, with the model's own softmax as the distribution.
 
 `acc`: the log-likelihood of each option letter (" A", " B", ...) as the next token after "Answer:"; all letters
 are read from ONE forward pass at the last position (`letter_logprobs`). The distribution over options is the
-softmax of those four log-likelihoods (renormalised over the letters); `letter_mass` records how much of the
-vocabulary's probability the letters hold.
+softmax of those log-likelihoods (renormalised over the question's letters); `letter_mass` records how much of
+the vocabulary's probability the letters hold. Each question is scored with its own letters (`score_items`
+keeps one token table per letter set), so a file mixing 4- and 5-option questions is scored right.
 
-`acc_norm`: the log-likelihood of " {option text}" as a continuation, divided by the option's length in
-characters (lm-eval's acc_norm). The prompt is run once with a KV cache, which is repeated for the options,
-whose continuations go through in one batched forward (`option_text_logliks`).
+`acc_option_text_norm`: the log-likelihood of " {option text}" as the continuation of the same prompt (which
+lists the options and ends in "Answer:"), divided by the option text's length in characters; the option with
+the highest normalised score is the prediction. This is NOT lm-eval's `acc_norm` on MedQA: there (task
+`medqa_4options`) the choices are the letters themselves (`doc_to_choice: [A, B, C, D]`), every choice is one
+character long, and its acc_norm equals its acc. Here the choices are the option texts, after a prompt that
+already lists them. The prompt is run once with a KV cache, repeated for the options, whose continuations go
+through in one batched forward (`option_text_logliks`).
 
 Debiasing (`debias=True`): the prompt is also shown with its options cyclically shifted by 1..n-1 positions (one
 batched forward); each shift's letter distribution is mapped back to the original options and the n are averaged,
@@ -29,7 +34,7 @@ import torch
 from reasonlab.errors import ReasonlabError
 from reasonlab.retrieval.prompts import model_prompt, rotate
 
-VERSION = "1"
+VERSION = "2"
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -147,7 +152,7 @@ def shared_prefix_logprobs(model, seqs: list[list[int]], reads: list[list[int]])
 
 
 def option_text_rows(tokenizer, prompt: str, texts: list[str]) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-    """(sequences prompt + " text", positions to read, continuation tokens) for acc_norm."""
+    """(sequences prompt + " text", positions to read, continuation tokens) for acc_option_text_norm."""
     seqs, reads, conts = [], [], []
     for t in texts:
         ctx, cont = continuation_ids(tokenizer, prompt, " " + t)
@@ -164,7 +169,7 @@ def continuation_loglik(position_lp: torch.Tensor, cont: list[int]) -> float:
 
 
 def option_text_logliks(model, tokenizer, prompt: str, texts: list[str]) -> list[float]:
-    """Sum log p(" text" | prompt) per option: the prompt once, the continuations in one batch (acc_norm)."""
+    """Sum log p(" text" | prompt) per option: the prompt once, the continuations in one batch."""
     seqs, reads, conts = option_text_rows(tokenizer, prompt, texts)
     return [continuation_loglik(lp, c) for lp, c in zip(shared_prefix_logprobs(model, seqs, reads), conts)]
 
@@ -203,17 +208,20 @@ def check_length(model, n_tokens: int, qid: str) -> None:
 
 
 def score_question(model, tokenizer, question: dict[str, Any], instruction: str = "", use_chat_template: bool = False,
-                   debias: bool = False, acc_norm: bool = True,
+                   debias: bool = False, option_text_norm: bool = True,
                    letter_tokens: tuple[list[int], list[list[int]]] | None = None) -> dict:
-    """Letter log-likelihoods, the softmax over options, acc_norm scores and (debias) the shift-averaged softmax.
+    """Letter log-likelihoods, the softmax over options, the option texts' normalised scores and (debias) the
+    shift-averaged softmax. `letter_tokens`: `letter_ids` of exactly this question's letters.
 
     Two forwards per question whatever the options: the part every prompt shares (instruction, question) once,
     then one batch of the rest: the options in each cyclic order (debias) + "Answer:", and the option texts'
-    continuations (acc_norm)."""
+    continuations (option_text_norm)."""
     letters = list(question["options"])
     texts = list(question["options"].values())
     n = len(letters)
     extra, conts = letter_tokens or letter_ids(tokenizer, letters)
+    if len(conts) != n:
+        raise ReasonlabError(f"question {question['id']!r} has {n} options but {len(conts)} letter token lists")
     shifts = list(range(n)) if debias else [0]
     prompts = [model_prompt(tokenizer, question["question"], rotate(question["options"], s), instruction,
                             use_chat_template) for s in shifts]
@@ -221,7 +229,7 @@ def score_question(model, tokenizer, question: dict[str, Any], instruction: str 
     check_length(model, max(len(e) for e in encoded) + 32, question["id"])  # + room for the longest option text
     seqs = [e + extra for e in encoded]
     reads = [[len(e) - 1 + j for j in range(len(extra) + 1)] for e in encoded]
-    if acc_norm:
+    if option_text_norm:
         text_seqs, text_reads, text_conts = option_text_rows(tokenizer, prompts[0], texts)
         seqs, reads = seqs + text_seqs, reads + text_reads
     lps = shared_prefix_logprobs(model, seqs, reads)
@@ -232,11 +240,11 @@ def score_question(model, tokenizer, question: dict[str, Any], instruction: str 
         "letter_logprobs": [round(v, 6) for v in letter_lp], "letter_mass": round(sum(math.exp(v) for v in letter_lp), 6),
         "probs": [round(p, 6) for p in probs], "pred": letters[probs.index(max(probs))],
     }
-    if acc_norm:
+    if option_text_norm:
         sums = [continuation_loglik(lp, c) for lp, c in zip(lps[len(shifts):], text_conts)]
-        norm = [s / len(t) for s, t in zip(sums, texts)]
-        row.update(option_loglik=[round(v, 6) for v in sums], norm_scores=[round(v, 6) for v in norm],
-                   norm_pred=letters[norm.index(max(norm))])
+        norm = [s / len(t) for s, t in zip(sums, texts)]  # per character of the option text
+        row.update(option_loglik=[round(v, 6) for v in sums], option_text_norm_scores=[round(v, 6) for v in norm],
+                   option_text_pred=letters[norm.index(max(norm))])
     if debias:
         per_shift = [probs]
         for s in range(1, n):
@@ -249,3 +257,23 @@ def score_question(model, tokenizer, question: dict[str, Any], instruction: str 
         row.update(shift_probs=[[round(v, 6) for v in p] for p in per_shift],
                    debiased_probs=[round(v, 6) for v in averaged], debiased_pred=letters[averaged.index(max(averaged))])
     return row
+
+
+def score_items(model, tokenizer, questions: list[dict], items: list[dict], use_chat_template: bool = False,
+                debias: bool = True, option_text_norm: bool = True, progress=None) -> list[dict]:
+    """Score each item ({id, domains, instruction}) on its question, each question with its own letters.
+
+    `progress(i, n)` is called after each item. Returns one `score_question` row per item, plus its domains."""
+    by_id = {q["id"]: q for q in questions}
+    tables: dict[tuple[str, ...], tuple[list[int], list[list[int]]]] = {}  # letter set -> its tokens
+    rows = []
+    for i, item in enumerate(items, 1):
+        question = by_id[item["id"]]
+        letters = tuple(question["options"])
+        if letters not in tables:
+            tables[letters] = letter_ids(tokenizer, list(letters))
+        rows.append({**score_question(model, tokenizer, question, item["instruction"], use_chat_template, debias,
+                                      option_text_norm, tables[letters]), "domains": item["domains"]})
+        if progress:
+            progress(i, len(items))
+    return rows

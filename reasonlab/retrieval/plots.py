@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reasonlab.io import atomic_path
+from reasonlab.plots import pyplot, save_figure
 
-COLORS = {"none": "#9e9e9e", "top1": "#1f77b4", "oracle": "#2ca02c", "random_other": "#d62728"}
+COLORS = {"none": "#9e9e9e", "none_on_oracle_questions": "#636363", "top1": "#1f77b4", "oracle": "#2ca02c",
+          "random_other": "#d62728"}
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _color(condition: str) -> str:
@@ -24,12 +20,8 @@ def _color(condition: str) -> str:
 
 
 def _save(fig, dest: Path | str) -> Path:
-    plt = _plt()
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(dest)
+    return save_figure(fig, dest, dpi=100)
 
 
 def option_distributions(questions: list[dict], scored: dict[str, list[dict]], dist: str, dest: Path | str,
@@ -99,10 +91,11 @@ def reliability_diagram(reliability: dict[str, list[dict]], dest: Path | str, ti
     return _save(fig, dest)
 
 
-def scaling_chart(points: list[dict], metric: str, dest: Path | str, title: str = "") -> Path:
-    """Accuracy (metric, with its 95 % CI) against parameter count, one line per condition; chance at 25 %.
+def scaling_chart(points: list[dict], metric: str, dest: Path | str, title: str = "", chance: float = 0.25) -> Path:
+    """Accuracy (metric, with its 95 % CI) against parameter count, one line per condition, each labelled with its
+    number of questions (the oracle's is the labelled subset); `chance`: a uniform guess's accuracy.
 
-    `points`: [{model, n_params, conditions: [{condition, <metric>, <metric>_ci}]}] - measured, one per model."""
+    `points`: [{model, n_params, conditions: [{condition, n, <metric>, <metric>_ci}]}] - measured, one per model."""
     plt = _plt()
     points = sorted(points, key=lambda p: p["n_params"])
     fig, ax = plt.subplots(figsize=(6.8, 4.2), dpi=100)
@@ -122,9 +115,10 @@ def scaling_chart(points: list[dict], metric: str, dest: Path | str, title: str 
             ys.append(100 * c[metric])
             err[0].append(100 * (c[metric] - c[f"{metric}_ci"][0]))
             err[1].append(100 * (c[f"{metric}_ci"][1] - c[metric]))
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(name), label=name,
-                    linestyle="--" if name == "none" else "-")
-    ax.axhline(25, color="black", linewidth=0.8, linestyle=":", label="chance (25 %)")
+        ns = sorted({c["n"] for p in points for c in p["conditions"] if c["condition"] == name})
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(name),
+                    label=f"{name} (n={'/'.join(map(str, ns))})", linestyle="--" if name.startswith("none") else "-")
+    ax.axhline(100 * chance, color="black", linewidth=0.8, linestyle=":", label=f"chance ({100 * chance:.0f} %)")
     ax.set_xscale("log")
     ax.set_xticks([p["n_params"] / 1e6 for p in points], [f"{p['model']}\n{p['n_params'] / 1e6:.0f}M" for p in points],
                   fontsize=7)

@@ -2,7 +2,8 @@
 
     {instruction}\n\nQuestion: {question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:
 
-`acc` reads the next token as " A" / " B" / ...; `acc_norm` scores " {option text}" as the continuation.
+`acc` reads the next token as " A" / " B" / ...; `acc_option_text_norm` scores " {option text}" as the
+continuation (not lm-eval's acc_norm: see option_scoring).
 With the chat template, the same text is the user turn and " Answer:" follows the assistant header.
 """
 

@@ -1,4 +1,4 @@
-"""Multiple-choice questions in one format, from the seed file, MedQA, MedMCQA (Hub) or any local JSON/JSONL/YAML.
+"""Multiple-choice questions in one format, from the notebook's example file, MedQA, MedMCQA (Hub) or any local file.
 
 A question is `{id, question, options: {letter: text}, answer: letter, domain: str | None, source}`. Loaders
 accept the field layouts of the sources the project meets:

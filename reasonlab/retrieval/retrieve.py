@@ -1,4 +1,5 @@
-"""Rank the library's domains for every question: dense (sentence embeddings), BM25, and their RRF fusion.
+"""Rank the library's domains for every question: dense (sentence embeddings), BM25, and their RRF fusion
+(ties ordered by domain name, never by the library's order).
 
 `rank_domains` returns plain data per question: the ordered domains (and scores) of each method; `retrieval_accuracy`
 scores a method's top-1 / top-k against the known gold domains.
@@ -8,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from reasonlab import stats
 from reasonlab.errors import ReasonlabError
 from reasonlab.retrieval.bm25 import bm25_scores
 from reasonlab.retrieval.embedders import EmbedderSpec, embed_texts, library_embeddings
-from reasonlab.retrieval.fusion import reciprocal_rank_fusion
+from reasonlab.retrieval.fusion import order, reciprocal_rank_fusion
 from reasonlab.retrieval.library import document
 
 METHODS = ("dense", "bm25", "rrf")
@@ -35,20 +35,22 @@ def rank_domains(questions: list[dict], library: dict[str, dict], embedder: Embe
     lib_vectors, cached = library_embeddings(embedder, library)
     scores = {"dense": embed_texts(embedder, queries) @ lib_vectors.T,
               "bm25": bm25_scores([document(d, e) for d, e in library.items()], queries)}
-    scores["rrf"] = reciprocal_rank_fusion([scores["dense"], scores["bm25"]])
+    scores["rrf"] = reciprocal_rank_fusion([scores["dense"], scores["bm25"]], domains)
     rows = []
     for i, q in enumerate(questions):
         row = {"id": q["id"]}
         for method in METHODS:
-            order = np.argsort(-scores[method][i], kind="stable")
-            row[method] = [[domains[j], round(float(scores[method][i][j]), 6)] for j in order]
+            row[method] = [[domains[j], round(float(scores[method][i][j]), 6)]
+                           for j in order(scores[method][i], domains)]
         rows.append(row)
     return {"per_question": rows, "library_cached": cached}
 
 
 def retrieval_accuracy(questions: list[dict], ranked: list[dict], method: str, k: int = 1) -> dict[str, Any]:
-    """Share of questions with a known domain whose gold domain is in the method's top-k."""
+    """Share of questions with a known domain whose gold domain is in the method's top-k, with its Wilson 95 % CI."""
     known = [(q, r) for q, r in zip(questions, ranked) if q.get("domain")]
     hits = sum(q["domain"] in [d for d, _ in r[method][:k]] for q, r in known)
+    share = stats.rate(hits, len(known))
     return {"method": method, "k": k, "n_known": len(known), "hits": hits,
-            "accuracy": hits / len(known) if known else None}
+            "accuracy": share["rate"] if known else None, "low": share["low"] if known else None,
+            "high": share["high"] if known else None}
