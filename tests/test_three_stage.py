@@ -136,8 +136,8 @@ def test_sft_pairs_full_and_lora(tiny_models, tmp_path):
 
 
 def _rm(tiny_models, tmp_path, name, **extra):
-    settings = RewardSettings(train="pharma", heldout_fraction=0.25, max_length=64, batch_size=4, epochs=1,
-                              eval_every=2, **extra)
+    settings = RewardSettings(**{**dict(train="pharma", heldout_fraction=0.25, max_length=64, batch_size=4, epochs=1,
+                                        eval_every=2), **extra})
     return run_reward_model(resolve_model(str(tiny_models["llama"])), settings, tmp_path / name, device="cpu")
 
 
@@ -235,3 +235,55 @@ def test_dpo_widens_the_heldout_logprob_margin(tiny_models, tmp_path):
                   RewardSettings(train=path, heldout=held), tmp_path / "dpo", device="cpu")
     assert out["logp_margin_after"] > out["logp_margin_before"]
     assert out["implicit_reward"]["accuracy"] == 1.0 and out["steps"] == 6
+
+
+# ---------------------------------------------------------------- every figure right (old-code checks)
+
+def _opening(prompt):
+    import re
+
+    return re.sub(r"\s+", " ", prompt.split("\n\nAssistant:", 1)[0]).strip().lower()
+
+
+def test_heldout_split_keeps_each_hh_conversation_on_one_side():
+    import re
+
+    norm = lambda s: re.sub(r"\s+", " ", s).strip().lower()
+    pairs, _ = preferences.load_preferences("hh-helpful")
+    train, held, _ = preferences.split_by_prompt(pairs, 0.2, seed=0)
+    continued = sum(any(norm(t.prompt).startswith(norm(h.prompt + h.chosen)) for t in train) for h in held)
+    openings = {_opening(t.prompt) for t in train}
+    shared_opening = sum(_opening(h.prompt) in openings for h in held)
+    assert (continued, shared_opening) == (0, 0), f"{continued} and {shared_opening} of {len(held)} held-out pairs leak"
+
+
+def test_every_rm_evaluation_is_the_same_estimator(tiny_models, tmp_path):
+    # weights that do not move: every evaluation (before, between, after) must give the same figures
+    out = _rm(tiny_models, tmp_path, "still", learning_rate=1e-12, eval_every=1, batch_size=3,
+              center_rewards_coefficient=1.0)
+    evals = out["evaluations"]
+    assert len(evals) == out["steps"] + 1 >= 3
+    for e in evals:
+        assert e["accuracy"] == pytest.approx(evals[0]["accuracy"]), evals
+        assert e["margin"] == pytest.approx(evals[0]["margin"], rel=1e-3, abs=1e-5), evals
+        assert e["loss"] == pytest.approx(evals[0]["loss"], rel=1e-3), evals
+
+
+def test_order_question_is_answered_on_the_same_pairs(tiny_models, tmp_path):
+    from flows.three_stage import three_stage
+
+    config = tmp_path / "order.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_models["llama"]), "device": "cpu", "compare_order": True,
+        "pretrain": {"enabled": False}, "sft": {"sets": ["pharma"], "max_length": 96, "batch_size": 4},
+        "reward": {"train": "pharma", "heldout_fraction": 0.25, "max_length": 64, "batch_size": 4,
+                   "learning_rate": 1e-3}}))
+    out = three_stage(config=str(config))
+    staged, base = (out["reward"][k]["rewards"] for k in ("staged", "base"))
+    right = lambda r: [c > x for c, x in zip(r["chosen"], r["rejected"])]
+    a, b = right(staged), right(base)
+    order = out["order"]
+    assert order["mcnemar"]["only_a"] == sum(x and not y for x, y in zip(a, b))
+    assert order["mcnemar"]["only_b"] == sum(y and not x for x, y in zip(a, b))
+    assert order["accuracy_diff"]["diff"] == pytest.approx((sum(a) - sum(b)) / len(a))
+    assert order["accuracy_diff"]["low"] <= order["accuracy_diff"]["diff"] <= order["accuracy_diff"]["high"]
