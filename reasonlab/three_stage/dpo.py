@@ -15,8 +15,7 @@ from reasonlab.errors import ReasonlabError
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
 from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
-from reasonlab.three_stage.config import DPOSettings
-from reasonlab.three_stage.reward_config import RewardSettings
+from reasonlab.three_stage.params import DPOParams, RewardParams
 from reasonlab.three_stage.reward_model import prepare_pairs
 
 VERSION = "1"
@@ -57,7 +56,7 @@ def response_logprobs(model, tokenizer, pairs: list[preferences.Pair], max_lengt
     return chosen, rejected
 
 
-def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSettings, output_dir: Path | str,
+def run_dpo(start: ResolvedModel, settings: DPOParams, pairs_from: RewardParams, output_dir: Path | str,
             device: str = "auto", dtype: str = "auto", progress: Progress | None = None) -> dict:
     import torch
     from datasets import Dataset

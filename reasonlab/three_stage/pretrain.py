@@ -14,13 +14,13 @@ from pathlib import Path
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
 from reasonlab.three_stage import metrics
 from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
-from reasonlab.three_stage.config import PretrainSettings, ScratchModel
+from reasonlab.three_stage.params import PretrainParams, ScratchParams
 from reasonlab.three_stage.corpus import load_corpus, pack
 
 VERSION = "1"
 
 
-def build_scratch(tokenizer, arch: ScratchModel, seed: int = 0):
+def build_scratch(tokenizer, arch: ScratchParams, seed: int = 0):
     """A randomly initialised tiny Llama sized to `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -52,9 +52,10 @@ def heldout_perplexity(model, blocks: list[list[int]], batch_size: int = 4) -> d
     return {"nll": total / count, "tokens": count, "perplexity": metrics.perplexity(total, count)}
 
 
-def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: Path | str, device: str = "auto",
-                 dtype: str = "auto", progress: Progress | None = None) -> dict:
-    """Train on the corpus; save an HF checkpoint at `output_dir`; return perplexities and losses."""
+def run_pretrain(start: ResolvedModel, settings: PretrainParams, output_dir: Path | str, device: str = "auto",
+                 dtype: str = "auto", progress: Progress | None = None, scratch: ScratchParams | None = None) -> dict:
+    """Train on the corpus; save an HF checkpoint at `output_dir`; return perplexities and losses.
+    `scratch`: the architecture when `settings.init` is scratch (default: ScratchParams())."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -68,7 +69,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if settings.init == "scratch":
-        model = build_scratch(tokenizer, settings.scratch, settings.seed).to(dev, torch_dtype)
+        model = build_scratch(tokenizer, scratch or ScratchParams(), settings.seed).to(dev, torch_dtype)
     else:
         model, _ = load_fresh(start, device, dtype, train=True)
     before = heldout_perplexity(model, eval_blocks, settings.batch_size)

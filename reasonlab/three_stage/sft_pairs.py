@@ -1,7 +1,7 @@
 """Stage 2: supervised fine-tuning on (instruction, response) pairs, loss on the response tokens only.
 
 Sets: `pubmedqa` (question, optionally + the abstract's context -> the long answer; PubMedQA's test ids
-are held out), `pharma` (the seed's pharmaceutical pairs, data/three_stage/pharma_sft.jsonl), or any
+are held out), `pharma` (the pharmaceutical pairs in data/three_stage/pharma_sft.jsonl), or any
 .json/.jsonl file of {instruction, response}. Under the chat template each pair is a user turn and an
 assistant turn (TRL's conversational prompt-completion format); without it, "Question: ...\\nAnswer:".
 TRL's SFTTrainer masks the prompt (`completion_only_loss`), so train and held-out loss are both over
@@ -20,7 +20,7 @@ from reasonlab.errors import ReasonlabError
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.paths import find_input, project_root
 from reasonlab.three_stage.checkpoint import Progress, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
-from reasonlab.three_stage.config import SFTPairSettings
+from reasonlab.three_stage.params import SFTParams
 from reasonlab.three_stage.corpus import contexts_of, pubmedqa_records
 
 VERSION = "1"
@@ -80,7 +80,7 @@ def pubmedqa_pairs(include_context: bool) -> tuple[list[SFTPair], list[SFTPair]]
 
 
 def _interleave(groups: list[list[SFTPair]], cap: int | None) -> list[SFTPair]:
-    """Round-robin over the sets, so a cap keeps some of every set (the 5 seed pairs are not crowded out)."""
+    """Round-robin over the sets, so a cap keeps some of every set (the 5 pharma pairs are not crowded out)."""
     out, i = [], 0
     while any(i < len(g) for g in groups):
         out.extend(g[i] for g in groups if i < len(g))
@@ -88,7 +88,7 @@ def _interleave(groups: list[list[SFTPair]], cap: int | None) -> list[SFTPair]:
     return out[:cap] if cap else out
 
 
-def load_sft_pairs(settings: SFTPairSettings) -> tuple[list[SFTPair], list[SFTPair], dict]:
+def load_sft_pairs(settings: SFTParams) -> tuple[list[SFTPair], list[SFTPair], dict]:
     trains, helds, report = [], [], {}
     for name in settings.sets:
         if name == "pubmedqa":
@@ -114,7 +114,7 @@ def to_rows(pairs: list[SFTPair], use_chat_template: bool) -> list[dict]:
     return [{"prompt": f"Question: {p.instruction}\nAnswer:", "completion": " " + p.response} for p in pairs]
 
 
-def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: Path | str, device: str = "auto",
+def run_sft_pairs(start: ResolvedModel, settings: SFTParams, output_dir: Path | str, device: str = "auto",
                   dtype: str = "auto", progress: Progress | None = None) -> dict:
     """Fine-tune `start` on the pairs; save an HF checkpoint at `output_dir`; return held-out losses."""
     import torch
