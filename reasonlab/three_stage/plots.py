@@ -50,8 +50,8 @@ def rm_accuracy(runs: dict[str, dict], out: Path | str) -> Path:
         evals = [e for e in run["evaluations"] if e.get("accuracy") is not None]
         line, = ax.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], marker="o", label=name)
         h = run["heldout"]
-        ax.errorbar([evals[-1]["step"]], [h["accuracy"]], yerr=[[h["accuracy"] - h["ci_low"]], [h["ci_high"] - h["accuracy"]]],
-                    color=line.get_color(), capsize=4)
+        below, above = max(0.0, h["accuracy"] - h["ci_low"]), max(0.0, h["ci_high"] - h["accuracy"])  # float noise
+        ax.errorbar([evals[-1]["step"]], [h["accuracy"]], yerr=[[below], [above]], color=line.get_color(), capsize=4)
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out accuracy")
