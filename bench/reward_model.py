@@ -1,12 +1,12 @@
-"""The stage-3 reward model on a fixed HH-RLHF subset, evaluated on held-out pairs (no prompt shared).
+"""The stage-3 reward model on a fixed HH-RLHF subset, evaluated on held-out pairs (no conversation shared).
 
     python bench/reward_model.py        # SmolLM2-135M-Instruct, CPU, about 10 min alone on 2 cores
     python bench/reward_model.py PATH   # the same from another start model (e.g. a stage-2 checkpoint folder)
 
 Data: HH-RLHF helpful-base (the official test split, the only full-context human labels offline),
-split by prompt: 20 % of prompts held out; the first 256 training and 200 held-out pairs. Sequences
-are the conversation under the chat template, the last 128 tokens kept (the pairs share the prompt
-and differ in the final reply). Full fine-tune of the top 10 of 30 blocks + the score head.
+split by conversation (first human turn): 20 % of conversations held out; the first 256 training and
+200 held-out pairs. Sequences are the conversation under the chat template, the last 128 tokens kept
+(the pairs share the prompt and differ in the final reply). Full fine-tune of the top 10 of 30 blocks + the score head.
 Prints key=value lines; the last five are heldout_accuracy, ci_low, ci_high, margin, pairs_dropped.
 """
 
@@ -22,10 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mirror import need  # noqa: E402
 from reasonlab.models import resolve_model  # noqa: E402
-from reasonlab.three_stage.reward_config import RewardSettings  # noqa: E402
+from reasonlab.three_stage.params import RewardParams  # noqa: E402
 from reasonlab.three_stage.reward_model import run_reward_model  # noqa: E402
 
-SETTINGS = RewardSettings(
+SETTINGS = RewardParams(
     train="hh-helpful", heldout=None, heldout_fraction=0.2, max_train_pairs=256, max_eval_pairs=200,
     max_length=128, truncation="keep_end", epochs=1, learning_rate=5e-5, batch_size=8, warmup_ratio=0.1,
     center_rewards_coefficient=0.01, eval_every=10_000, eval_before=False, freeze_below=20, seed=0,

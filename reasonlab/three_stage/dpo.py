@@ -15,11 +15,9 @@ from reasonlab.errors import ReasonlabError
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
 from reasonlab.three_stage.checkpoint import stage_manifest
-from reasonlab.three_stage.config import DPOSettings
-from reasonlab.three_stage.reward_config import RewardSettings
+from reasonlab.training import Progress, lora_config, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.params import DPOParams, RewardParams
 from reasonlab.three_stage.reward_model import prepare_pairs
-from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
-                                trainer_kwargs)
 
 VERSION = "1"
 
@@ -59,7 +57,7 @@ def response_logprobs(model, tokenizer, pairs: list[preferences.Pair], max_lengt
     return chosen, rejected
 
 
-def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSettings, output_dir: Path | str,
+def run_dpo(start: ResolvedModel, settings: DPOParams, pairs_from: RewardParams, output_dir: Path | str,
             device: str = "auto", dtype: str = "auto", progress: Progress | None = None) -> dict:
     import torch
     from datasets import Dataset
@@ -75,13 +73,16 @@ def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSetti
     if not getattr(tokenizer, "chat_template", None):
         raise ReasonlabError(f"model {start.name!r} has no chat template: DPO here uses conversational pairs")
     ref_chosen, ref_rejected = response_logprobs(model, tokenizer, heldout, settings.max_length)
+    peft_config = None
+    if settings.lora:
+        peft_config = lora_config(settings.lora)
     with tempfile.TemporaryDirectory(prefix="reasonlab-dpo-") as scratch:
         args = DPOConfig(output_dir=scratch, beta=settings.beta, max_length=settings.max_length,
                          **trainer_kwargs(dev, torch_dtype, settings.seed, settings.epochs, settings.learning_rate,
                                           settings.batch_size, 1, 0.0))
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([_conversation(p) for p in train]),
-                             processing_class=tokenizer, peft_config=lora_config(settings.lora),
-                             callbacks=progress_callbacks(progress))
+                             processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=[progress_callback(progress)] if progress else None)
         trainer.remove_callback(PrinterCallback)
         trainable, total = count_trainable(trainer.model)
         result = trainer.train()
@@ -96,7 +97,7 @@ def run_dpo(start: ResolvedModel, settings: DPOSettings, pairs_from: RewardSetti
            "logp_accuracy_before": metrics.preference_accuracy(ref_chosen, ref_rejected),
            "logp_accuracy_after": metrics.preference_accuracy(pol_chosen, pol_rejected),
            "implicit_reward": metrics.preference_summary(implicit_c, implicit_r),
-           "train_losses": log_rows(trainer),
+           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
            "trainable_params": trainable, "total_params": total, "steps": trainer.state.global_step,
            "train_runtime_s": result.metrics.get("train_runtime")}
     out["checkpoint"] = save_checkpoint(policy, tokenizer, output_dir, stage_manifest(start, "dpo", settings), out)

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from reasonlab.plots import pyplot, save_figure
 
 
 def loss_curves(stages: dict[str, dict], out: Path | str) -> Path:
     """One panel per stage: training loss per optimizer step."""
-    plt = _plt()
+    plt = pyplot()
     names = [n for n, r in stages.items() if r and r.get("train_losses")]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -28,14 +21,12 @@ def loss_curves(stages: dict[str, dict], out: Path | str) -> Path:
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=110)
 
 
 def before_after(values: dict[str, tuple[float, float]], ylabel: str, title: str, out: Path | str) -> Path:
     """One panel per quantity, before vs after (perplexity of stage 1, held-out loss of stage 2): own scales."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.4), squeeze=False)
     for ax, (label, (before, after)) in zip(axes[0], values.items()):
         ax.bar(["before", "after"], [before, after], color=["tab:blue", "tab:orange"])
@@ -47,21 +38,20 @@ def before_after(values: dict[str, tuple[float, float]], ylabel: str, title: str
         ax.set_ylabel(ylabel)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=110)
 
 
 def rm_accuracy(runs: dict[str, dict], out: Path | str) -> Path:
-    """Held-out accuracy (ties wrong) per evaluation, one line per reward model, with the final 95 % CI."""
-    plt = _plt()
+    """Held-out accuracy (ties wrong, every evaluation over every held-out pair) per evaluation, one line per
+    reward model, with the final 95 % Wilson CI."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, run in runs.items():
         evals = [e for e in run["evaluations"] if e.get("accuracy") is not None]
         line, = ax.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], marker="o", label=name)
         h = run["heldout"]
-        ax.errorbar([evals[-1]["step"]], [h["accuracy"]], yerr=[[h["accuracy"] - h["ci_low"]], [h["ci_high"] - h["accuracy"]]],
-                    color=line.get_color(), capsize=4)
+        below, above = max(0.0, h["accuracy"] - h["ci_low"]), max(0.0, h["ci_high"] - h["accuracy"])  # float noise
+        ax.errorbar([evals[-1]["step"]], [h["accuracy"]], yerr=[[below], [above]], color=line.get_color(), capsize=4)
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out accuracy")
@@ -70,14 +60,12 @@ def rm_accuracy(runs: dict[str, dict], out: Path | str) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=110)
 
 
 def reward_histograms(runs: dict[str, dict], out: Path | str) -> Path:
     """Held-out rewards of chosen vs rejected replies, one panel per reward model."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
     for ax, (name, run) in zip(axes[0], runs.items()):
         chosen, rejected = run["rewards"]["chosen"], run["rewards"]["rejected"]
@@ -90,6 +78,4 @@ def reward_histograms(runs: dict[str, dict], out: Path | str) -> Path:
         ax.set_ylabel("held-out replies")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=110)

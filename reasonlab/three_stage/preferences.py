@@ -1,7 +1,7 @@
 """Stage-3/4 data: `{prompt, chosen, rejected}` preference pairs.
 
     pairs, report = load_preferences("hh-helpful")               # a named set, a file, or hub:OWNER/NAME
-    train, heldout, report = split_by_prompt(pairs, 0.2, seed=0)  # no prompt on both sides
+    train, heldout, report = split_by_conversation(pairs, 0.2, seed=0)  # no dialogue on both sides
     rows, fit = tokenize_pairs(tokenizer, train, max_length=256)  # keep the end: HH pairs differ at the end
 
 Checks (one `ReasonlabError` naming the rows): a row without chosen or rejected. Rows whose chosen equals
@@ -142,32 +142,53 @@ def load_preferences(source: str, limit: int | None = None) -> tuple[list[Pair],
     return pairs, {"source": source, **report, "used": len(pairs)}
 
 
-def _prompt_key(prompt: str) -> str:
-    return re.sub(r"\s+", " ", prompt).strip().lower()
+def _normalised(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def _in_heldout(prompt: str, fraction: float, seed: int) -> bool:
-    h = int(hashlib.sha256(f"{seed}:{_prompt_key(prompt)}".encode()).hexdigest()[:8], 16)
+def conversation_key(prompt: str) -> str:
+    """The conversation a pair comes from: its first human turn, normalised. HH-RLHF holds several pairs per
+    dialogue (a later pair's prompt is an earlier prompt + a reply + more turns); all share this key.
+    A prompt without turns is its own conversation."""
+    return _normalised(prompt.split(AST, 1)[0])
+
+
+def _in_heldout(key: str, fraction: float, seed: int) -> bool:
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
     return h / 0xFFFFFFFF < fraction
 
 
-def split_by_prompt(pairs: list[Pair], heldout_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair], dict]:
-    """Train / held-out by a hash of the (normalised) prompt: every copy of a prompt lands on one side."""
+def split_leaks(train: list[Pair], heldout: list[Pair]) -> dict:
+    """How many held-out pairs a training pair gives away: `continued_in_train` (a training prompt is the held-out
+    prompt + its chosen reply + later turns) and `opening_in_train` (a training pair opens with the same
+    human turn)."""
+    train_prompts = [_normalised(p.prompt) for p in train]
+    openings = {conversation_key(p.prompt) for p in train}
+    continued = sum(any(t.startswith(_normalised(h.prompt + h.chosen)) for t in train_prompts) for h in heldout)
+    return {"heldout": len(heldout), "continued_in_train": continued,
+            "opening_in_train": sum(conversation_key(h.prompt) in openings for h in heldout)}
+
+
+def split_by_conversation(pairs: list[Pair], heldout_fraction: float, seed: int = 0
+                          ) -> tuple[list[Pair], list[Pair], dict]:
+    """Train / held-out by a hash of the conversation's first human turn: every pair of a dialogue lands on
+    one side (splitting by the whole prompt puts a dialogue's later turns beside its held-out earlier ones)."""
     if not 0 < heldout_fraction < 1:
         raise ReasonlabError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    heldout = [p for p in pairs if _in_heldout(p.prompt, heldout_fraction, seed)]
-    train = [p for p in pairs if not _in_heldout(p.prompt, heldout_fraction, seed)]
+    held_out = [_in_heldout(conversation_key(p.prompt), heldout_fraction, seed) for p in pairs]
+    heldout = [p for p, h in zip(pairs, held_out) if h]
+    train = [p for p, h in zip(pairs, held_out) if not h]
     if not train or not heldout:
-        raise ReasonlabError(f"splitting {len(pairs)} pairs by prompt left {len(train)} for training and "
+        raise ReasonlabError(f"splitting {len(pairs)} pairs by conversation left {len(train)} for training and "
                              f"{len(heldout)} held out: use more pairs or another heldout_fraction")
-    return train, heldout, {"train": len(train), "heldout": len(heldout), "shared_prompts": 0}
+    return train, heldout, {"by": "conversation (first human turn)", "train": len(train), **split_leaks(train, heldout)}
 
 
 def dedupe_across(train: list[Pair], heldout: list[Pair]) -> tuple[list[Pair], dict]:
-    """Drop training pairs whose prompt also occurs in the held-out set (the held-out set stays fixed)."""
-    held = {_prompt_key(p.prompt) for p in heldout}
-    kept = [p for p in train if _prompt_key(p.prompt) not in held]
-    return kept, {"train_dropped_shared_prompt": len(train) - len(kept)}
+    """Drop training pairs from a conversation the held-out set also holds (the held-out set stays fixed)."""
+    held = {conversation_key(p.prompt) for p in heldout}
+    kept = [p for p in train if conversation_key(p.prompt) not in held]
+    return kept, {"train_dropped_shared_conversation": len(train) - len(kept)}
 
 
 def to_messages(prompt: str, reply: str) -> list[dict]:

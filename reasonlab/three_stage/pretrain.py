@@ -13,16 +13,15 @@ from pathlib import Path
 
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
 from reasonlab.models.scoring import heldout_perplexity
-from reasonlab.three_stage.config import PretrainSettings, ScratchModel
 from reasonlab.three_stage.checkpoint import stage_manifest
+from reasonlab.training import Progress, lora_config, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.params import PretrainParams, ScratchParams
 from reasonlab.three_stage.corpus import load_corpus, pack
-from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
-                                trainer_kwargs)
 
 VERSION = "1"
 
 
-def build_scratch(tokenizer, arch: ScratchModel, seed: int = 0):
+def build_scratch(tokenizer, arch: ScratchParams, seed: int = 0):
     """A randomly initialised tiny Llama sized to `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -34,10 +33,10 @@ def build_scratch(tokenizer, arch: ScratchModel, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: Path | str, device: str = "auto",
-                 dtype: str = "auto", progress: Progress | None = None) -> dict:
-    """Train on the corpus; save an HF checkpoint at `output_dir`; return perplexities and losses."""
-    import torch
+def run_pretrain(start: ResolvedModel, settings: PretrainParams, output_dir: Path | str, device: str = "auto",
+                 dtype: str = "auto", progress: Progress | None = None, scratch: ScratchParams | None = None) -> dict:
+    """Train on the corpus; save an HF checkpoint at `output_dir`; return perplexities and losses.
+    `scratch`: the architecture when `settings.init` is scratch (default: ScratchParams())."""
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
@@ -50,7 +49,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if settings.init == "scratch":
-        model = build_scratch(tokenizer, settings.scratch, settings.seed).to(dev, torch_dtype)
+        model = build_scratch(tokenizer, scratch or ScratchParams(), settings.seed).to(dev, torch_dtype)
     else:
         model, _ = load_fresh(start, device, dtype, train=True)
     before = heldout_perplexity(model, eval_blocks, settings.batch_size)
@@ -64,7 +63,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
             settings.gradient_accumulation_steps, settings.warmup_ratio))
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                           data_collator=default_data_collator,
-                          callbacks=progress_callbacks(progress))
+                          callbacks=[progress_callback(progress)] if progress else None)
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     after = heldout_perplexity(trainer.model, eval_blocks, settings.batch_size)
@@ -72,7 +71,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainSettings, output_dir: P
            "train_blocks": len(train_blocks), "heldout_blocks": len(eval_blocks), "block_size": settings.block_size,
            "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],
            "heldout_before": before, "heldout_after": after,
-           "train_losses": log_rows(trainer),
+           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
            "steps": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime")}
     out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, stage_manifest(start, "pretrain", settings), out)

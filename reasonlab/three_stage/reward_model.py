@@ -6,9 +6,11 @@ is read at the last non-pad token, so the pad token is set on the tokenizer *and
 (a causal LM often has none; TRL sets it too). Pairs are tokenized here (`preferences.tokenize_pairs`:
 counted, end-kept) so that TRL's silent max_length filter has nothing left to drop.
 
-Evaluations (before training, every `eval_every` updates, at the end) log held-out accuracy (ties
-wrong), mean margin and loss; the final held-out rewards of every pair give the accuracy's Wilson
-95 % CI, the margin's bootstrap CI and the chosen/rejected reward histograms.
+Every evaluation (before training, every `eval_every` updates, at the end) is one estimator: this module
+scores every held-out pair (`score_pairs`) and summarises the per-pair rewards (`metrics.preference_summary`:
+accuracy with ties wrong, mean margin, Bradley-Terry loss without the centring term). TRL's own evaluation
+is not used: it averages per-batch means and adds the centring term to its loss. The final rewards of every
+pair give the accuracy's Wilson 95 % CI, the margin's bootstrap CI, the histograms and the paired order test.
 """
 
 from __future__ import annotations
@@ -18,18 +20,19 @@ import tempfile
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
+from reasonlab.io import sha256_json
 from reasonlab.models import ResolvedModel, load_fresh, load_tokenizer, pick_device, pick_dtype
 from reasonlab.three_stage import metrics, preferences
 from reasonlab.three_stage.checkpoint import stage_manifest
-from reasonlab.three_stage.reward_config import RewardSettings
-from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
-                                trainer_kwargs)
+from reasonlab.training import Progress, lora_config, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.params import RewardParams
 
-VERSION = "1"
+VERSION = "2"  # 2: split by conversation; one estimator for every evaluation
 
 
-def prepare_pairs(settings: RewardSettings) -> tuple[list, list, dict]:
-    """(train pairs, held-out pairs, data report): validated, identical pairs skipped, no prompt on both sides."""
+def prepare_pairs(settings: RewardParams) -> tuple[list, list, dict]:
+    """(train pairs, held-out pairs, data report): validated, identical pairs skipped, no conversation on both
+    sides (`data.split` counts what a training pair still gives away of the held-out ones: zero)."""
     train, train_report = preferences.load_preferences(settings.train)
     report = {"train_source": train_report}
     if settings.heldout:
@@ -37,15 +40,15 @@ def prepare_pairs(settings: RewardSettings) -> tuple[list, list, dict]:
         train, dedupe = preferences.dedupe_across(train, heldout)
         report.update(heldout_source=held_report, **dedupe)
     else:
-        train, heldout, split = preferences.split_by_prompt(train, settings.heldout_fraction, settings.seed)
+        train, heldout, split = preferences.split_by_conversation(train, settings.heldout_fraction, settings.seed)
         report.update(split=split)
     if settings.max_train_pairs:
         train = train[:settings.max_train_pairs]
     if settings.max_eval_pairs:
         heldout = heldout[:settings.max_eval_pairs]
     if not train:
-        raise ReasonlabError(f"reward data {settings.train!r}: no training pair left after removing prompts "
-                             f"shared with the held-out set ({report})")
+        raise ReasonlabError(f"reward data {settings.train!r}: no training pair left after removing conversations "
+                             f"the held-out set holds ({report})")
     report.update(train_pairs=len(train), heldout_pairs=len(heldout))
     return train, heldout, report
 
@@ -120,13 +123,10 @@ def score_pairs(model, tokenizer, rows: list[dict], batch_size: int = 8) -> tupl
     return chosen, rejected
 
 
-def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir: Path | str, device: str = "auto",
+def run_reward_model(start: ResolvedModel, settings: RewardParams, output_dir: Path | str, device: str = "auto",
                      dtype: str = "auto", progress: Progress | None = None) -> dict:
     """Train a reward model from `start`; save it (HF folder) at `output_dir`; return its metrics."""
     import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
 
     train_pairs, heldout_pairs, data_report = prepare_pairs(settings)  # data errors before any model work
     tokenizer = tokenizer_with_pad(start)
@@ -135,57 +135,34 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     train_rows, train_fit = preferences.tokenize_pairs(tokenizer, train_pairs, where="reward training pairs", **fit)
     eval_rows, eval_fit = preferences.tokenize_pairs(tokenizer, heldout_pairs, where="reward held-out pairs", **fit)
 
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
     torch.manual_seed(settings.seed)
     model = load_reward_model(start, tokenizer.pad_token_id, device, dtype)
     freeze_lower(model, 0 if settings.lora else settings.freeze_below)
-    peft_config = lora_config(settings.lora, task_type="SEQ_CLS", modules_to_save=["score"])
-    updates_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.gradient_accumulation_steps))
-    total_updates = max(1, math.ceil(updates_per_epoch * settings.epochs))
-    eval_every = settings.eval_every or max(1, total_updates // 4)
     evals: list[dict] = []
 
-    def record(step: int, chosen: list[float], rejected: list[float]) -> dict:
-        s = metrics.preference_summary(chosen, rejected)
-        evals.append({"step": step, "accuracy": s["accuracy"], "margin": s["margin"], "loss": s["loss"]})
-        return s
+    def evaluate(step: int, chosen: list[float], rejected: list[float]) -> dict:
+        summary = metrics.preference_summary(chosen, rejected)
+        evals.append({"step": step, "n": summary["n"], "accuracy": summary["accuracy"],
+                      "margin": summary["margin"], "loss": summary["loss"]})
+        return summary
 
-    class RecordEval(TrainerCallback):  # TRL's evaluations in between (its loss includes the centring term)
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            m = metrics or {}
-            evals.append({"step": state.global_step, "accuracy": m.get("eval_accuracy"),
-                          "margin": m.get("eval_margin"), "loss": m.get("eval_loss")})
+    def score(model_now) -> tuple[list[float], list[float]]:
+        return score_pairs(model_now, tokenizer, eval_rows, batch_size=settings.batch_size)
 
     if settings.eval_before:
-        record(0, *score_pairs(model, tokenizer, eval_rows, settings.batch_size))
-    with tempfile.TemporaryDirectory(prefix="reasonlab-rm-") as scratch:
-        between = eval_every < total_updates
-        args = RewardConfig(output_dir=scratch, max_length=settings.max_length,
-                            center_rewards_coefficient=settings.center_rewards_coefficient,
-                            eval_strategy="steps" if between else "no", eval_steps=eval_every if between else None,
-                            disable_dropout=True,
-                            **trainer_kwargs(dev, torch_dtype, settings.seed, settings.epochs, settings.learning_rate,
-                                             settings.batch_size, settings.gradient_accumulation_steps,
-                                             settings.warmup_ratio))
-        callbacks = [RecordEval()] + progress_callbacks(progress)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                                eval_dataset=Dataset.from_list(eval_rows) if between else None,
-                                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-        trainer.remove_callback(PrinterCallback)
-        trainable, total = count_trainable(trainer.model)
-        result = trainer.train()
+        evaluate(0, *score(model))
+    trainer, result, (trainable, total) = _train(model, tokenizer, train_rows, settings, device, dtype, progress,
+                                                 lambda step, model_now: evaluate(step, *score(model_now)))
     trained = trainer.model
-    evals[:] = [e for e in evals if e["step"] != trainer.state.global_step]
-    chosen, rejected = score_pairs(trained, tokenizer, eval_rows, batch_size=settings.batch_size)
-    summary = record(trainer.state.global_step, chosen, rejected)
+    chosen, rejected = score(trained)
+    summary = evaluate(trainer.state.global_step, chosen, rejected)
     if len(set(chosen + rejected)) <= 1:
         raise ReasonlabError("the reward model gives every held-out sequence the same reward: check the pad token "
                              "and the learning rate")
-    losses = log_rows(trainer)
+    losses = [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r]
     out = {"stage": "reward", "start_model": start.to_dict(), "start_from": settings.start_from,
            "heldout": summary, "evaluations": evals, "train_losses": losses,
-           "rewards": {"chosen": chosen, "rejected": rejected},
+           "rewards": {"chosen": chosen, "rejected": rejected}, "heldout_fingerprint": sha256_json(eval_rows),
            "data": {**data_report, "train_fit": train_fit, "heldout_fit": eval_fit,
                     "pairs_dropped": pairs_dropped(data_report, train_fit, eval_fit)},
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
@@ -195,12 +172,49 @@ def run_reward_model(start: ResolvedModel, settings: RewardSettings, output_dir:
     return out
 
 
+def _train(model, tokenizer, train_rows: list[dict], settings: RewardParams, device: str, dtype: str,
+           progress: Progress | None, evaluate) -> tuple:
+    """TRL's RewardTrainer over `train_rows`, calling `evaluate(step, model)` every `eval_every` updates
+    before the last: (trainer, train result, (trainable, total) parameters)."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    dev = pick_device(device)
+    peft_config = None
+    if settings.lora:
+        peft_config = lora_config(settings.lora, task_type="SEQ_CLS", modules_to_save=["score"])
+    updates_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.gradient_accumulation_steps))
+    total_updates = max(1, math.ceil(updates_per_epoch * settings.epochs))
+    eval_every = settings.eval_every or max(1, total_updates // 4)
+
+    class EvaluateEvery(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % eval_every == 0 and state.global_step < state.max_steps:
+                evaluate(state.global_step, model)
+
+    with tempfile.TemporaryDirectory(prefix="reasonlab-rm-") as scratch:
+        args = RewardConfig(output_dir=scratch, max_length=settings.max_length, eval_strategy="no",
+                            center_rewards_coefficient=settings.center_rewards_coefficient or None,
+                            disable_dropout=True,
+                            **trainer_kwargs(dev, pick_dtype(dtype, dev), settings.seed, settings.epochs,
+                                             settings.learning_rate, settings.batch_size,
+                                             settings.gradient_accumulation_steps, settings.warmup_ratio))
+        callbacks = [EvaluateEvery()] + ([progress_callback(progress)] if progress else [])
+        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)
+        counts = count_trainable(trainer.model)
+        result = trainer.train()
+    return trainer, result, counts
+
+
 def pairs_dropped(data_report: dict, train_fit: dict, eval_fit: dict) -> int:
     """Every pair that did not reach training or evaluation, whatever the reason (capping excluded)."""
     n = data_report["train_source"]["identical_skipped"] + data_report["train_source"]["unsplittable_skipped"]
     if "heldout_source" in data_report:
         n += data_report["heldout_source"]["identical_skipped"] + data_report["heldout_source"]["unsplittable_skipped"]
-        n += data_report.get("train_dropped_shared_prompt", 0)
+        n += data_report.get("train_dropped_shared_conversation", 0)
     for fit in (train_fit, eval_fit):
         n += fit["dropped_over_length"] + fit["identical_after_truncation"]
     return n

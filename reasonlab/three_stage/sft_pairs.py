@@ -1,7 +1,7 @@
 """Stage 2: supervised fine-tuning on (instruction, response) pairs, loss on the response tokens only.
 
 Sets: `pubmedqa` (question, optionally + the abstract's context -> the long answer; PubMedQA's test ids
-are held out), `pharma` (the seed's pharmaceutical pairs, data/three_stage/pharma_sft.jsonl), or any
+are held out), `pharma` (the pharmaceutical pairs in data/three_stage/pharma_sft.jsonl), or any
 .json/.jsonl file of {instruction, response}. Under the chat template each pair is a user turn and an
 assistant turn (TRL's conversational prompt-completion format); without it, "Question: ...\\nAnswer:".
 TRL's SFTTrainer masks the prompt (`completion_only_loss`), so train and held-out loss are both over
@@ -11,19 +11,18 @@ response tokens. Full fine-tune, or LoRA merged into the checkpoint (the concept
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from reasonlab.errors import ReasonlabError
-from reasonlab.io import read_rows
 from reasonlab.models import ResolvedModel, load_fresh, pick_device, pick_dtype
 from reasonlab.paths import find_input, project_root
 from reasonlab.three_stage.checkpoint import stage_manifest
-from reasonlab.three_stage.config import SFTPairSettings
+from reasonlab.training import Progress, lora_config, count_trainable, progress_callback, save_checkpoint, trainer_kwargs
+from reasonlab.three_stage.params import SFTParams
 from reasonlab.three_stage.corpus import contexts_of, pubmedqa_records
-from reasonlab.training import (Progress, count_trainable, log_rows, lora_config, progress_callbacks, save_checkpoint,
-                                trainer_kwargs)
 
 VERSION = "1"
 PHARMA = "data/three_stage/pharma_sft.jsonl"
@@ -44,7 +43,8 @@ def _hash_heldout(text: str, fraction: float, seed: int) -> bool:
 def _file_pairs(path: Path, name: str) -> list[SFTPair]:
     if not path.is_file():
         raise ReasonlabError(f"SFT set {name!r}: no such file {path} (or use 'pubmedqa' / 'pharma')")
-    rows = read_rows(path)
+    text = path.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
     pairs = []
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
@@ -81,7 +81,7 @@ def pubmedqa_pairs(include_context: bool) -> tuple[list[SFTPair], list[SFTPair]]
 
 
 def _interleave(groups: list[list[SFTPair]], cap: int | None) -> list[SFTPair]:
-    """Round-robin over the sets, so a cap keeps some of every set (the 5 seed pairs are not crowded out)."""
+    """Round-robin over the sets, so a cap keeps some of every set (the 5 pharma pairs are not crowded out)."""
     out, i = [], 0
     while any(i < len(g) for g in groups):
         out.extend(g[i] for g in groups if i < len(g))
@@ -89,7 +89,7 @@ def _interleave(groups: list[list[SFTPair]], cap: int | None) -> list[SFTPair]:
     return out[:cap] if cap else out
 
 
-def load_sft_pairs(settings: SFTPairSettings) -> tuple[list[SFTPair], list[SFTPair], dict]:
+def load_sft_pairs(settings: SFTParams) -> tuple[list[SFTPair], list[SFTPair], dict]:
     trains, helds, report = [], [], {}
     for name in settings.sets:
         if name == "pubmedqa":
@@ -115,7 +115,7 @@ def to_rows(pairs: list[SFTPair], use_chat_template: bool) -> list[dict]:
     return [{"prompt": f"Question: {p.instruction}\nAnswer:", "completion": " " + p.response} for p in pairs]
 
 
-def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: Path | str, device: str = "auto",
+def run_sft_pairs(start: ResolvedModel, settings: SFTParams, output_dir: Path | str, device: str = "auto",
                   dtype: str = "auto", progress: Progress | None = None) -> dict:
     """Fine-tune `start` on the pairs; save an HF checkpoint at `output_dir`; return held-out losses."""
     import torch
@@ -131,6 +131,9 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
     model, tokenizer = load_fresh(start, device, dtype, train=True)
     if settings.use_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ReasonlabError(f"model {start.name!r} has no chat template: set sft.use_chat_template: false")
+    peft_config = None
+    if settings.lora:
+        peft_config = lora_config(settings.lora)
     with tempfile.TemporaryDirectory(prefix="reasonlab-sft-pairs-") as scratch:
         args = TrlSFTConfig(output_dir=scratch, max_length=settings.max_length, completion_only_loss=True,
                             eval_strategy="no", **trainer_kwargs(
@@ -138,8 +141,8 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
                                 settings.batch_size, settings.gradient_accumulation_steps, settings.warmup_ratio))
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(to_rows(train, settings.use_chat_template)),
                              eval_dataset=Dataset.from_list(to_rows(held, settings.use_chat_template)),
-                             processing_class=tokenizer, peft_config=lora_config(settings.lora),
-                             callbacks=progress_callbacks(progress))
+                             processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=[progress_callback(progress)] if progress else None)
         trainer.remove_callback(PrinterCallback)
         trainable, total = count_trainable(trainer.model)
         before = trainer.evaluate()["eval_loss"]
@@ -147,7 +150,7 @@ def run_sft_pairs(start: ResolvedModel, settings: SFTPairSettings, output_dir: P
         after = trainer.evaluate()["eval_loss"]
     out = {"stage": "sft", "start_model": start.to_dict(), "data": data_report,
            "heldout_loss_before": before, "heldout_loss_after": after,
-           "train_losses": log_rows(trainer),
+           "train_losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
            "trainable_params": trainable, "total_params": total, "lora": settings.lora is not None,
            "steps": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime")}
     out["checkpoint"] = save_checkpoint(trainer.model, tokenizer, output_dir, stage_manifest(start, "sft", settings), out)
