@@ -200,7 +200,7 @@ FLAGS: dict[str, str | Flag] = {
     "attribution.tau": "--tau", "attribution.prune_mode": "--prune-mode", "attribution.method": "--attribution-method",
     "attribution.max_nodes": "--max-nodes",
     "concept.name": "--concept", "concept.neuron": "--concept-neuron", "concept.corpus": "--concept-corpus",
-    "concept.label": Flag("--label-concepts", off="--no-llm"),  # --no-llm: the seed's flag (labels are off by default)
+    "concept.label": Flag("--label-concepts", off="--no-llm"),  # --no-llm: the concept-SFT study's flag (labels are off by default)
     "concept.interactive": "--interactive", "concept.pause_timeout": "--pause-timeout",
     "experiment.texts": "--texts", "experiment.seeds": "--seeds", "experiment.text_sets": "--text-sets",
     "experiment.learning_rate": "--learning-rate", "experiment.epochs": "--epochs",

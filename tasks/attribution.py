@@ -115,7 +115,7 @@ def concept_candidates(model: ResolvedModel, graph_file: Path, out_file: str, co
 
 @task(name="label-concepts", **task_options(concepts.VERSION, retries=1))
 def label_concepts(endpoint: EndpointConfig, candidates: list[dict], key_block: str | None = None) -> list[dict]:
-    """Stage 4, optional (the seed's analyze.py without --no-llm): an LLM-written label per candidate."""
+    """Stage 4, optional (the concept-SFT study's analyze.py without --no-llm): an LLM-written label per candidate."""
     with open_client(endpoint, key_block) as (client, _info):
         labels = [(client.chat(concepts.label_messages(c, c["contexts"]), label="concept-label", max_tokens=24,
                                temperature=0.0).content or "").strip().splitlines()[0:1] for c in candidates]

@@ -97,7 +97,7 @@ def test_old_command_lines_give_the_same_parameters():
         "attribution": {"cases": 2, "contrastive": [" Ald", " Ren"], "tau": 0.1, "prune_mode": "total",
                         "method": "integrated_gradients", "max_nodes": 9}}
     assert flow_parameters(parser().parse_args([])) == {}  # nothing given: the flow's defaults
-    # --no-llm (the seed's flag) wins over --label-concepts, in either order
+    # --no-llm (the concept-SFT study's flag) wins over --label-concepts, in either order
     for argv in (["--label-concepts", "--no-llm"], ["--no-llm", "--label-concepts"]):
         assert flow_parameters(parser().parse_args(argv)) == {"concept": {"label": False}}
     with pytest.raises(SystemExit):

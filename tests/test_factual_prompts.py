@@ -9,7 +9,7 @@ PATH = project_root() / "data" / "factual_prompts.json"
 
 
 def test_a_few_hundred_valid_rows():
-    items = load_prompts(PATH)  # every row passes the seed's rules, or this raises naming the row
+    items = load_prompts(PATH)  # every row passes the concept-SFT study's rules, or this raises naming the row
     assert len(items) >= 300
     keys = [" ".join(it.prompt.lower().split()) for it in items]
     assert len(set(keys)) == len(keys)

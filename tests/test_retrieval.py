@@ -225,7 +225,7 @@ def test_differences_are_condition_minus_reference_with_mcnemar_counts_in_that_o
     summary = summarize(questions, {"none": rows(5), "top1": rows(15)}, n_boot=300)
     (d,) = summary["differences"]
     assert d["comparison"] == "top1 - none" and d["diff"] == pytest.approx(0.5) and 0 < d["low"] < 0.5 < d["high"]
-    assert (d["only_a"], d["only_b"], d["n"]) == (10, 0, 20) and d["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    assert (d["only_condition"], d["only_reference"], d["n"]) == (10, 0, 20) and d["p_value"] == pytest.approx(2 * 0.5 ** 10)
     assert summary["conditions"][1]["acc"] == 0.75 and summary["conditions"][1]["acc_ci"][0] < 0.75
     text = summary_markdown("t", summary)
     assert "| top1 - none | acc | 20 | +50.0 | [+" in text and "| 10/0 | 0.00195 |" in text
@@ -324,7 +324,7 @@ def test_cli_help_documents_every_flag_with_its_default():
     names = {n for f in flags for n in re.findall(r"--[\w-]+", f.split("  ", 1)[0])}
     assert {"--model", "--models", "--questions", "--n-questions", "--n-boot", "--retriever", "--top-k",
             "--no-debias", "--no-option-text-norm", "--seed", "--chunk-size", "--dtype"} <= names
-    assert len(flags) == 18  # model, models and every field of the four groups, each once
+    assert len(flags) == 19  # model, models, every field of the four groups, each once, and --verbose
     for line in flags:
         assert "default" in line.lower() and len(line.split("  ", 1)[-1].strip()) > 20, line
 

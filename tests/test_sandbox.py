@@ -571,11 +571,11 @@ def test_replacing_builtins_does_not_skip_the_tests():
 
 
 def test_the_activation_summary_counts_suspicious_results():
-    from reasonlab.activations import baseline
+    from reasonlab.activations import dataset
 
     row = {"pass": False, "completion_tokens": 3, "completion": "x", "hit_token_limit": False,
            "activation_files": [], "error_type": "SuspiciousResult"}
     rows = [{**row, "test_status": "suspicious"}, {**row, "test_status": "failed", "error_type": "AssertionError"},
             {**row, "test_status": "passed", "pass": True, "error_type": None}]
-    summary = baseline.summarize(rows)
+    summary = dataset.summarize(rows)
     assert summary["suspicious"] == 1 and summary["passed"] == 1, summary

@@ -1,4 +1,4 @@
-"""The real default model: materialized from its PyPI wheel, it shows the seed's renin failure."""
+"""The real default model: materialized from its PyPI wheel, it shows the concept-SFT study's renin failure."""
 
 import pytest
 

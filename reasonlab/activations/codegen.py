@@ -30,7 +30,7 @@ INSTRUCTION = ("You are an expert Python programmer, and here is your task: {tex
 class GenerationConfig:
     """How to generate.
 
-    max_new_tokens: generation limit per problem (the seed: 2000).
+    max_new_tokens: generation limit per problem (the baseline specification: 2000).
     batch_size: problems per `generate` call (left-padded); 1 = unbatched.
     capture_generated: also keep the residual at every generated token ([T, D] per layer).
     system_prompt: system turn for chat templates ("" = none: the template's default, if it has one).

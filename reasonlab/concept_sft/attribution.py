@@ -1,6 +1,6 @@
 """Contrastive attribution of MLP neurons: why does the model prefer token B over token A?
 
-The metric is the logit difference at the last position, m = logit(A) - logit(B) (the seed's
+The metric is the logit difference at the last position, m = logit(A) - logit(B) (the concept-SFT study's
 `--contrastive " Ald" " Ren"`: positive influence pushes toward A, the correct token; negative toward B).
 A *node* is one MLP neuron at one position: the input of the down-projection, hooked as
 `blocks.{l}.mlp.hook_post` (Llama/Qwen2/Gemma/Gemma3 `mlp.down_proj`, Phi `mlp.fc2`).

@@ -1,13 +1,13 @@
 """An attribution graph for one prompt: build it (math in `attribution.py`), save it, draw it.
 
     graph = attribution_graph(model, tokenizer, "The primary hormone regulating blood pressure is",
-                              contrastive=(" Ald", " Ren"), tau=0.05)   # the seed's analyze.py call
+                              contrastive=(" Ald", " Ren"), tau=0.05)   # the concept-SFT study's analyze.py call
     write_graph(graph, "outputs/my_analysis")   # graph.json, graph.png, graph.html
 
-Nodes are named as the seed names them, `L22/N13255`, plus `@pos` for the position (`L22/N13255@9`);
+Nodes are named as the concept-SFT study names them, `L22/N13255`, plus `@pos` for the position (`L22/N13255@9`);
 each carries layer, position, token, neuron, activation, influence and where it came from ("tau": kept by
 pruning; "prompt": one of the top `n_prompt_nodes` nodes at the user's own tokens in middle layers,
-which the seed's stage 4 looks for and which pruning alone may drown in template-position nodes).
+which the concept-SFT study's stage 4 looks for and which pruning alone may drown in template-position nodes).
 Edges: {source, target, weight}; the target `logit_diff` is the metric itself (weight = influence).
 The ablation check zero-ablates each of the top `ablate_top` nodes and compares the real change of the
 logit difference with the predicted one (-influence): Spearman's rho is the graph's credibility figure.
@@ -65,7 +65,7 @@ def case_contrastive(tokenizer, case: dict, fmt: str) -> tuple[str, str]:
     """(correct, wrong) tokens for a target case of the top-k filter, as they would start the answer in `fmt`.
 
     Completion format: the filter's own tokens (' al', ' ren'). Chat format, after " Answer:": the answer
-    word and the wrong token capitalised (' Ald', ' Ren', the seed's pair), each kept only if one token.
+    word and the wrong token capitalised (' Ald', ' Ren', the concept-SFT study's pair), each kept only if one token.
     """
     correct, wrong = case["correct_token"], case["wrong_token"]
     if fmt != "chat":

@@ -34,7 +34,7 @@ class FilterParams(Group):
 
 class FormatParams(Group):
     """How each stage shows a prompt to the model: "completion" (the raw prompt) or "chat" (the chat template
-    + the answer prefix, the seed's)."""
+    + the answer prefix, the concept-SFT study's)."""
 
     filter: Format = Field("completion", description="the top-k filter's prompt format")
     evaluation: list[Format] = Field(["chat", "completion"], min_length=1,

@@ -17,7 +17,7 @@ SEVERAL_ANSWERS = re.compile(r"\b(includes?|including|such as|for example|e\.g\.
 
 
 def check_item(row: Any, where: str) -> PromptItem:
-    """validate_item (the seed's rules) plus the generation rules; ReasonlabError names the broken rule.
+    """validate_item (the concept-SFT study's rules) plus the generation rules; ReasonlabError names the broken rule.
 
     Paraphrases and neighbours are not checked here (see `check_extras`): a bad one is dropped, not the item."""
     if isinstance(row, dict):

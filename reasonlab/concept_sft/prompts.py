@@ -1,6 +1,6 @@
 """Completion prompts (`{prompt, answer, topic, paraphrases, neighbours}`): the concept-SFT pipeline's input.
 
-A prompt file is JSON or YAML: a list of rows, or `{"prompts": [...]}`. The seed's rules:
+A prompt file is JSON or YAML: a list of rows, or `{"prompts": [...]}`. The concept-SFT study's rules:
 completion form (not a question), a 1-2 word answer that the completion starts with, no yes/no.
 
 Optional per row, for the knowledge-editing measures (CounterFact's generalisation and specificity):

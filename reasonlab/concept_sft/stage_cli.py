@@ -1,4 +1,4 @@
-"""The concept-SFT stages as standalone commands (the seed's scripts), beside the flow:
+"""The concept-SFT stages as standalone commands (the concept-SFT study's scripts), beside the flow:
 
     reasonlab filter --input data/target_prompts.json --output filtered_prompts.json [--model M]
     reasonlab attribute "The primary hormone regulating blood pressure is" --contrastive " Ald" " Ren" \\
@@ -32,7 +32,7 @@ def add_prompt_and_device_args(p, top_k_help: str = "next tokens shown and ranke
 
 
 def add_attribute(sub) -> None:
-    p = sub.add_parser("attribute", help="contrastive attribution graph of one prompt (the seed's analyze.py)")
+    p = sub.add_parser("attribute", help="contrastive attribution graph of one prompt (the concept-SFT study's analyze.py)")
     p.add_argument("prompt")
     p.add_argument("--contrastive", nargs=2, required=True, metavar=("CORRECT", "WRONG"),
                    help="the two one-token answers; m = logit(CORRECT) - logit(WRONG)")
@@ -112,7 +112,7 @@ def run_attribute(args: argparse.Namespace) -> dict:
 
 
 def add_sft(sub) -> None:
-    p = sub.add_parser("sft", help="fine-tune on concept texts from a YAML SFT config (the seed's sft.py)")
+    p = sub.add_parser("sft", help="fine-tune on concept texts from a YAML SFT config (the concept-SFT study's sft.py)")
     p.add_argument("--config", required=True, help="the SFT config (see configs/concept_sft_default.yaml)")
     p.add_argument("--output", default=None,
                    help="checkpoint folder (default: the config's output_dir, else under REASONLAB_HOME/runs)")
@@ -147,7 +147,7 @@ def run_sft_command(args: argparse.Namespace) -> dict:
 
 
 def add_filter(sub) -> None:
-    p = sub.add_parser("filter", help="keep the prompts the model gets clearly wrong (the seed's filter script)")
+    p = sub.add_parser("filter", help="keep the prompts the model gets clearly wrong (the concept-SFT study's filter script)")
     p.add_argument("--input", required=True, help="prompts file: {prompt, answer, topic, paraphrases, neighbours} rows")
     p.add_argument("--output", required=True, help="filtered_prompts.json: target_cases and rejected, with reasons")
     p.add_argument("--model", default=None, help="registry name, local folder or Hub id (default: the default model)")

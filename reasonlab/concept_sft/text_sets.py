@@ -1,4 +1,4 @@
-"""Which texts each SFT experiment trains on: one experiment per target case (the seed's design), or one joint.
+"""Which texts each SFT experiment trains on: one experiment per target case (the concept-SFT study's design), or one joint.
 
 A text-set file (`data/concept_texts.yaml`) gives, per target case (matched by its prompt), the concept
 texts and two controls of the same budget (same number of texts, similar length):

@@ -1,6 +1,6 @@
 """The leak check for concept training texts (stage 5 of concept SFT).
 
-The seed's key finding: a text that mentions the wrong answer, even to negate it ("renin is an
+The concept-SFT study's key finding: a text that mentions the wrong answer, even to negate it ("renin is an
 enzyme, not a hormone"), reinforces it. So no training text may mention any target case's
 wrong answer or its prompt's topic. Matching is case-insensitive on word starts, so ' ren' also
 catches "renin" and "renal", and "opioid" catches "opioids".

@@ -51,8 +51,8 @@ def _json_mapping(value: Any) -> Any:
 class DataParams(Group):
     """The deterministic train / dev / test subsets (DSPy's GSM8K convention: 200 train, 300 dev)."""
 
-    source: str | None = Field(None, description='a local data file or folder, "hub", or none (default: the '
-                                                  'offline copy under ../shared/data, else the Hub)')
+    source: str | None = Field(None, description='a local data file or folder, "hub", or none (default: '
+                                                  'reasonlab.datasets: stored, a mirror, else the Hub)')
     train_size: int = Field(200, ge=0, description="training examples the optimizers bootstrap demos from")
     dev_size: int = Field(300, ge=0, description="dev examples the search optimizers score candidate programs on")
     test_size: int = Field(100, ge=1, description="test examples every approach (and the reference) is scored on")
