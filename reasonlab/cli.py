@@ -8,6 +8,7 @@
     reasonlab concept-sft sft --config my_sft.yaml
     reasonlab concept-sft evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
     reasonlab instruction-retrieval library generate nephrology --output my_library.yaml   # LLM-written entries
+    reasonlab study --prompts data/factual_prompts.json --local-llm qwen2.5-coder-0.5b-instruct   # the study flow
 
 The whole pipelines are flows: `python -m flows.<pipeline> --help`. The older spellings `reasonlab filter |
 attribute | sft | evaluate` and `reasonlab library generate` still work.
@@ -16,6 +17,7 @@ attribute | sft | evaluate` and `reasonlab library generate` still work.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from reasonlab.concept_sft import stage_cli
@@ -77,6 +79,9 @@ ALIASES = {**{name: "concept-sft" for name in stage_cli.COMMANDS}, "library": "i
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["study"]:  # the concept-SFT study across cases is a flow: its CLI is the flow's own
+        os.execv(sys.executable, [sys.executable, "-m", "flows.concept_study", *argv[1:]])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ALIASES:
         argv.insert(0, ALIASES[argv[0]])
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     fetch.add_argument("--refresh", action="store_true", help="fetch again even when already stored")
     concept = sub.add_parser("concept-sft", help="the concept-SFT stages alone (filter, attribute, sft, evaluate)")
     stage_cli.add_commands(concept.add_subparsers(dest="stage", required=True))
+    sub.add_parser("study", add_help=False, help="the concept-SFT study across many cases (the flow "
+                                                 "flows/concept_study.py; `reasonlab study --help` lists its flags)")
     retrieval = sub.add_parser("instruction-retrieval", help="the instruction-retrieval pipeline's library tools")
     retrieval_sub = retrieval.add_subparsers(dest="tool", required=True)
     library = retrieval_sub.add_parser("library", help="the instruction library").add_subparsers(dest="action",

@@ -111,15 +111,20 @@ def model_folder(model: str) -> str:
 
 @contextlib.contextmanager
 def serve_local(model: str, *, port: int | None = None, startup_timeout_s: float = 240.0, device: str = "cpu",
-                log_dir: Path | str | None = None, drop_env: tuple[str, ...] = ()) -> Iterator[LocalServer]:
-    """Serve `model` (registry name or HF folder) with `transformers serve` on 127.0.0.1; stop it on exit."""
+                log_dir: Path | str | None = None, drop_env: tuple[str, ...] = (), batching: bool = False,
+                dtype: str = "auto") -> Iterator[LocalServer]:
+    """Serve `model` (registry name or HF folder) with `transformers serve` on 127.0.0.1; stop it on exit.
+
+    `batching`: continuous batching, so that requests sent at once share each forward pass (the concept study's
+    text stage sends every case's requests together); `dtype`: the weights' dtype ("auto": as stored)."""
     folder = model_folder(model)
     port = port or free_port()
     log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"llm-server-{port}.log"
     cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", folder,
-           "--host", "127.0.0.1", "--port", str(port), "--device", device, "--log-level", "warning"]
+           "--host", "127.0.0.1", "--port", str(port), "--device", device, "--log-level", "warning", "--dtype", dtype,
+           *(["--continuous-batching"] if batching else [])]
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=_server_env(drop_env), start_new_session=True)

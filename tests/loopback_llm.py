@@ -5,6 +5,7 @@ Each POST /v1/chat/completions takes the next action from `script` (the last one
   ("status", code, headers)  that HTTP status with an OpenAI-style error body (e.g. 429 + Retry-After)
   ("sleep", seconds, content) answer late (a client timeout), then 200
   ("refusal", text)          200 with message.refusal set and no content
+  a callable                 called with the request's JSON body; returns one of the actions above
 Every request's JSON body, Authorization header and arrival time (time.monotonic) are kept in `requests`;
 `max_in_flight` is the most requests the server was answering at once.
 """
@@ -49,6 +50,8 @@ class ScriptedLLM:
                     outer.requests.append({"body": body, "authorization": self.headers.get("authorization"),
                                            "at": time.monotonic()})
                     action = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                if callable(action):  # a responder: the request's body -> an action
+                    action = action(body)
                 kind = action[0]
                 if kind == "status":
                     code, headers = action[1], (action[2] if len(action) > 2 else {})
