@@ -72,13 +72,17 @@ def plain(value: Any, where: str = "input") -> Any:
 
 @dataclass
 class PlainInputs(CachePolicy):
-    """Key = task name + code version + inputs as plain data (see module docstring)."""
+    """Key = task name + code version + inputs as plain data (see module docstring).
+
+    `exclude`: input names left out of the key, for what changes from run to run without changing the result
+    (a live server's URL on a random port)."""
 
     version: str = "1"
+    exclude: tuple[str, ...] = ()
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
         payload = {"task": task_ctx.task.name, "version": self.version,
-                   "inputs": {k: plain(v, k) for k, v in (inputs or {}).items()}}
+                   "inputs": {k: plain(v, k) for k, v in (inputs or {}).items() if k not in self.exclude}}
         return sha256_json(payload)
 
 
@@ -101,10 +105,11 @@ def result_storage() -> Path | str:
     return os.environ.get("REASONLAB_RESULT_STORAGE") or paths.results_dir()
 
 
-def task_options(version: str, *, gpu: bool = False, retries: int = 0) -> dict[str, Any]:
-    """The keyword arguments every reasonlab task gets from `@task(**task_options(...))`."""
+def task_options(version: str, *, gpu: bool = False, retries: int = 0, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keyword arguments every reasonlab task gets from `@task(**task_options(...))`; `exclude` names inputs
+    kept out of the cache key."""
     return dict(
-        cache_policy=PlainInputs(version=version),
+        cache_policy=PlainInputs(version=version, exclude=tuple(exclude)),
         persist_result=True,
         result_serializer="json",
         result_storage=result_storage(),  # read when tasks/ is imported

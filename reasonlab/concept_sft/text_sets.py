@@ -1,7 +1,8 @@
 """Which texts each SFT experiment trains on: one experiment per target case (the concept-SFT study's design), or one joint.
 
 A text-set file (`data/concept_texts.yaml`) gives, per target case (matched by its prompt), the concept
-texts and two controls of the same budget (same number of texts, similar length):
+texts and controls of the same budget (same number of texts, similar length), any arm of the study by name
+(`study.ARMS`; `reasonlab texts` writes such a file):
 
     cases:
       - prompt: "The primary hormone regulating blood pressure is"
@@ -11,6 +12,9 @@ texts and two controls of the same budget (same number of texts, similar length)
         controls:
           unrelated: {concept: "...", texts: [...]}     # an unrelated concept
           direct: {concept: "...", texts: [...]}        # the right answer stated directly, other contexts
+          negated_wrong: {texts: [...]}                  # ... any other arm: concept_unguided, prompt, abstract
+
+A case may have controls and no concept texts (`texts` left out), when its concept arm was skipped.
 
 A case without an entry trains on the SFT config's `texts` (if any); otherwise it is skipped, with the
 reason recorded.
@@ -20,13 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reasonlab.concept_sft.prompts import normalized
+from reasonlab.concept_sft.study import ARMS
 from reasonlab.errors import ReasonlabError, check_model
 from reasonlab.io import read_structured
 
-CONTROLS = ("unrelated", "direct")
+CONTROLS = tuple(arm for arm in ARMS if arm != "concept")
 TEXT_SETS = ("concept", *CONTROLS)
 
 
@@ -38,9 +43,16 @@ class TextSet(BaseModel):
 
 
 class CaseTexts(TextSet):
+    texts: list[str] = Field([], description="the concept texts (may be left out when the case has controls)")
     prompt: str = Field(description="the target case's prompt, as in the prompts file")
     neuron: str | None = Field(None, description="the attribution node the concept comes from (chosen, or null)")
     controls: dict[str, TextSet] = Field({}, description=f"control text sets by name: {', '.join(CONTROLS)}")
+
+    @model_validator(mode="after")
+    def _has_texts(self) -> CaseTexts:
+        if not self.texts and not self.controls:
+            raise ValueError("texts: a case needs concept texts or at least one control")
+        return self
 
 
 class TextSetFile(BaseModel):
@@ -76,12 +88,13 @@ def plan_experiments(cases: list[dict], text_sets: dict[str, CaseTexts], default
     for i, case in enumerate(cases):
         entry = text_sets.get(normalized(case["prompt"]))
         sets = {}
-        if entry:
+        if entry and entry.texts:
             sets["concept"] = {"concept": concept or entry.concept, "neuron": neuron or entry.neuron,
                                "texts": list(entry.texts)}
+        if entry:
             sets |= {name: {"concept": c.concept, "neuron": None, "texts": list(c.texts)}
                      for name, c in entry.controls.items()}
-        elif default_texts:
+        if entry is None and default_texts:
             sets["concept"] = {"concept": concept, "neuron": neuron, "texts": list(default_texts)}
         for name in [n for n in TEXT_SETS if n in text_sets_wanted and n not in sets]:
             skipped.append({"case": case["prompt"], "text_set": name,
