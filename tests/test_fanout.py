@@ -40,6 +40,17 @@ def figures(result: dict) -> dict:
     return {k: result[k] for k in ("rows", "perplexity", "losses")}
 
 
+def close(a, b, rel: float = 1e-4) -> bool:
+    """Equal, floats within `rel` (one torch thread per worker sums in another order than two)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-9)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
+    return a == b
+
+
 def test_restored_base_gives_what_a_fresh_load_gives_experiment_after_experiment(stories_path, stories_case,
                                                                                  tmp_path):
     base = resolve_model(str(stories_path))
@@ -90,7 +101,7 @@ def test_two_cases_fanned_out_give_the_sequential_results_and_rerun_cached(stori
     with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):  # the same keys, computed again one by one
         sequential_state, sequential = run(1)
     assert run_states(sequential_state) == {"Completed"}
-    assert fanned == sequential
-    assert fanned[0][0] != fanned[0][1] and fanned[0][0] != fanned[1][0]  # four different fine-tunes
+    assert close(fanned, sequential)
+    assert not close(fanned[0][0], fanned[0][1]) and not close(fanned[0][0], fanned[1][0])  # four fine-tunes
     again_state, again = run(2)
-    assert run_states(again_state) == {"Cached"} and again == fanned
+    assert run_states(again_state) == {"Cached"} and again == sequential  # the records the refresh rewrote
