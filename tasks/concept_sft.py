@@ -126,6 +126,7 @@ def run_experiments(base: ResolvedModel, experiments: list[dict], config: SFTCon
                 for seed in range(settings.seeds)])
         for e, runs in zip(experiments, futures):
             e["runs"] = [future.result() for future in runs]
+    experiment.BASES.clear()  # the in-process runner's base model and its weights' copy
 
 
 TORCH_THREADS = "REASONLAB_TORCH_THREADS"

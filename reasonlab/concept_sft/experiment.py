@@ -58,12 +58,15 @@ class BasePool:
             entry = (model, tokenizer, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         else:
             restore(entry[0], entry[2])
-        try:
-            yield entry[0], entry[1]
-        finally:
-            with self._lock:
-                if self._key == key:
-                    self._idle.append(entry)
+        yield entry[0], entry[1]  # a failed experiment's model (maybe still wrapped by peft) is dropped
+        with self._lock:
+            if self._key == key:
+                self._idle.append(entry)
+
+    def clear(self) -> None:
+        """Free every kept model (the experiments are over in this process)."""
+        with self._lock:
+            self._key, self._idle = None, []
 
 
 def restore(model, weights: dict) -> None:
