@@ -5,6 +5,7 @@ choice -> leak check -> per target case x text set x seed: SFT + evaluation -> a
     python -m flows.concept_sft --text-sets concept unrelated direct     # + the two controls, same budget
     python -m flows.concept_sft --model gemma-3-270m --no-use-chat-template --eval-formats completion
     python -m flows.concept_sft --interactive        # pauses after stage 4 for the researcher's choice (UI form)
+    python -m flows.concept_sft --workers 2           # two experiments at once, in two worker processes
 
 Every stage is a cached task: a rerun with the same inputs and weights skips all of them.
 """
@@ -206,6 +207,7 @@ FLAGS: dict[str, str | Flag] = {
     "experiment.learning_rate": "--learning-rate", "experiment.epochs": "--epochs",
     "experiment.joint": "--joint", "experiment.neighbour_tolerance": "--neighbour-tolerance",
     "experiment.heldout": "--heldout", "experiment.attribution_after": "--attribution-after",
+    "experiment.workers": "--workers", "experiment.ray_address": "--ray-address",
     "generation.enabled": "--generate", "generation.n": "--n", "generation.batches": "--batches",
     "generation.domain": "--gen-domain",
     "llm.endpoint": "--llm-endpoint", "llm.local_model": "--local-llm",

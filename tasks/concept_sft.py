@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
@@ -55,8 +57,10 @@ def check_training_texts(texts: list[str], target_cases: list[dict], extra_terms
 def sft_experiment(model: ResolvedModel, config: dict, cases: list[dict], formats: list[str], output_dir: str,
                    heldout: Path, answer_prefix: str = " Answer:", k: int = 10, keep_checkpoint: bool = False) -> dict:
     """Stages 6-7 for one text set and seed: fine-tune, score the cases (prompt, paraphrases, neighbours) and
-    the held-out perplexity; the checkpoint is kept only when asked."""
+    the held-out perplexity; the checkpoint is kept only when asked. Torch uses $REASONLAB_TORCH_THREADS threads
+    when set (a fan-out's share of the cores; not an input, so not in the cache key)."""
     cfg = parse_sft_config(config)
+    use_torch_threads()
     logger = get_run_logger()
     run = re.sub(r"[^a-z0-9-]+", "-", f"{Path(output_dir).parent.name}-{Path(output_dir).name}".lower())
     progress_id = create_progress_artifact(0.0, key=f"sft-progress-{run}"[:100],
@@ -71,7 +75,9 @@ def sft_experiment(model: ResolvedModel, config: dict, cases: list[dict], format
     result = experiment.run_experiment(model, cfg, cases, formats, output_dir, heldout=evaluate.load_heldout(heldout),
                                        keep_checkpoint=keep_checkpoint, k=k, answer_prefix=answer_prefix,
                                        progress=report)
-    logger.info(f"seed {cfg.seed}: {result['steps']} steps, held-out perplexity {result['perplexity']:.2f}")
+    t = result["timings"]
+    logger.info(f"seed {cfg.seed}: {result['steps']} steps, held-out perplexity {result['perplexity']:.2f}; "
+                f"{t['total']:.1f} s, of which training steps {t['train']:.1f} s")
     return result
 
 
@@ -101,16 +107,65 @@ def generate_prompt_file(generation, llm) -> Path:
 
 def run_experiments(base: ResolvedModel, experiments: list[dict], config: SFTConfig, heldout: Path, formats,
                     k: int, settings) -> None:
-    """Stages 6-7 for every experiment and seed (each a cached task); sets each experiment's `runs`."""
+    """Stages 6-7 for every experiment and seed, all submitted at once (each a cached task); waits for them and
+    sets each experiment's `runs` (in seed order).
+
+    experiments: [{name, cases, text_set, concept, neuron, texts}, ...]; formats: `evaluation`, `answer_prefix`;
+    settings: `seeds`, `attribution_after`, `workers`, `ray_address` (`ExperimentParams`)."""
     sft_dir = Path(config.output_dir) if config.output_dir else paths.runs_dir() / "concept_sft" / "sft"
-    for e in experiments:
-        trained = config.model_copy(update={"texts": e["texts"], "output_dir": None})
-        folder = experiment_folder(sft_dir, base.fingerprint, trained.model_dump(), e)
-        keep = e["text_set"] == "concept" and settings.attribution_after
-        e["runs"] = [sft_experiment(base, trained.model_copy(update={"seed": seed}).model_dump(), e["cases"],
-                                    formats.evaluation, str(folder / f"seed{seed}"), heldout,
-                                    keep_checkpoint=keep and seed == 0, answer_prefix=formats.answer_prefix, k=k)
-                     for seed in range(settings.seeds)]
+    with experiment_runner(settings.workers, settings.ray_address) as runner:
+        futures = []
+        for e in experiments:
+            trained = config.model_copy(update={"texts": e["texts"], "output_dir": None})
+            folder = experiment_folder(sft_dir, base.fingerprint, trained.model_dump(), e)
+            keep = e["text_set"] == "concept" and settings.attribution_after
+            futures.append([runner.submit(sft_experiment, {
+                "model": base, "config": trained.model_copy(update={"seed": seed}).model_dump(), "cases": e["cases"],
+                "formats": formats.evaluation, "output_dir": str(folder / f"seed{seed}"), "heldout": heldout,
+                "answer_prefix": formats.answer_prefix, "k": k, "keep_checkpoint": keep and seed == 0})
+                for seed in range(settings.seeds)])
+        for e, runs in zip(experiments, futures):
+            e["runs"] = [future.result() for future in runs]
+    experiment.BASES.clear()  # the in-process runner's base model and its weights' copy
+
+
+TORCH_THREADS = "REASONLAB_TORCH_THREADS"
+
+
+def use_torch_threads() -> None:
+    """torch.set_num_threads($REASONLAB_TORCH_THREADS) when the variable is set."""
+    threads = os.environ.get(TORCH_THREADS)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _start_worker(threads: int) -> None:
+    """Each worker process of a fan-out: its share of the cores for torch."""
+    os.environ[TORCH_THREADS] = str(threads)
+
+
+def experiment_runner(workers: int = 1, ray_address: str | None = None):
+    """The task runner the experiments are submitted to (used as a context manager):
+
+    workers 1: one at a time, in this process (the base model stays loaded across experiments);
+    workers N > 1: N worker processes, each with cores // N torch threads (unless $REASONLAB_TORCH_THREADS says);
+    ray_address: Ray ("local" starts one here), one experiment per Ray worker; the `gpu` tag limit still applies."""
+    if ray_address:
+        from prefect_ray.task_runners import RayTaskRunner
+
+        env = {k: os.environ[k] for k in ("REASONLAB_HOME", "REASONLAB_MODEL_CACHE", "REASONLAB_RESULT_STORAGE",
+                                          "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", TORCH_THREADS)
+               if k in os.environ}
+        env.setdefault("REASONLAB_HOME", str(paths.home()))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.project_root()), os.environ.get("PYTHONPATH")]))
+        return RayTaskRunner(address=None if ray_address == "local" else ray_address,
+                             init_kwargs={"include_dashboard": False, "runtime_env": {"env_vars": env}})
+    if workers <= 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    threads = int(os.environ.get(TORCH_THREADS) or max(1, (os.cpu_count() or 1) // workers))
+    return ProcessPoolTaskRunner(max_workers=workers, initializer=_start_worker, initargs=(threads,))
 
 
 def publish_filter(filtered: dict) -> None:

@@ -105,6 +105,11 @@ class ExperimentParams(Group):
     heldout: str = Field("data/heldout_text.txt", description="general text for the perplexity (fluency) check")
     attribution_after: bool = Field(True, description="redo the attribution graph on the first seed's concept "
                                                       "model and diff it against the base graph")
+    workers: int = Field(1, ge=1, description="experiments run at once: 1 runs them one after another in the flow's "
+                                              "process; N > 1 in N worker processes, each with its share of the "
+                                              "cores for torch (the `gpu` tag's concurrency limit still applies)")
+    ray_address: str | None = Field(None, description="fan the experiments out on Ray instead: a cluster address, "
+                                                      "or 'local' to start one here (workers is then unused)")
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -15,7 +15,8 @@ def run_key(base_fingerprint: str, rows: list[dict], config: dict, groups: dict[
     """The run folder's name: everything that changes what the run measures (16 hex digits)."""
     filt, formats, exp = groups["filter"], groups["formats"], groups["experiment"]
     return sha256_json([base_fingerprint, rows, config, filt.top_k, filt.max_rank, formats.filter,
-                        formats.evaluation, formats.answer_prefix, exp.model_dump(),
+                        formats.evaluation, formats.answer_prefix,
+                        exp.model_dump(exclude={"workers", "ray_address"}),  # where it runs changes nothing measured
                         {k: v.model_dump() for k, v in text_sets.items()}])[:16]
 
 
