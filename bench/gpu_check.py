@@ -39,7 +39,6 @@ Data come from $REASONLAB_SHARED_DATA, else the repository's own slices in tests
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -128,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     from reasonlab.models import pick_device, pick_dtype
 
     console.configure()
-    logging.getLogger("dspy").setLevel(logging.ERROR)  # "response was truncated": expected at --new-tokens
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)

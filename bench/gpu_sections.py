@@ -242,9 +242,13 @@ def three_stage(c: Check) -> None:
 
 
 def dspy_engine(c: Check) -> None:
+    import logging
+
     from reasonlab.dspy_compile import data, evaluate, programs
     from reasonlab.dspy_compile import lm as lms
     from reasonlab.models import load_model, resolve_model
+
+    logging.getLogger("dspy").setLevel(logging.ERROR)  # after dspy's import: "response was truncated" is expected
 
     spec = lms.local_spec(c.name, max_tokens=c.args.new_tokens, device=c.device)  # the pipeline's devices: cpu, cuda
     lm = lms.build_lm(spec).copy(cache=False)
@@ -310,6 +314,8 @@ def shards(c: Check) -> None:
     kind = c.device.split(":")[0]
     if any(not r.startswith(kind) for r in resolved):
         raise ReasonlabError(f"the shard plan's devices {resolved} are not all on {kind}")
+    if kind == "cuda" and any(not s["device"].startswith("cuda") for s in plan):  # Ray reserves GPUs only for these
+        raise ReasonlabError(f"the shard plan says {[s['device'] for s in plan]}, not a named GPU")
     if kind == "cuda" and c.args.device == "auto" and gpus > 1 and len(set(resolved)) < min(2, gpus):
         raise ReasonlabError(f"{gpus} GPUs, but the 2 shards were planned on {resolved}")
     emit("shards.on_device", 1)

@@ -91,3 +91,18 @@ def test_bf16_training_keeps_fp32_master_weights(tmp_path, stories_path):
     moved = sum(int((after[k] != before[k].to(after[k].dtype)).sum()) for k in after)  # unmoved: equal as saved
     share = moved / sum(t.numel() for t in after.values())
     assert share > 0.5, f"only {share:.1%} of the weights moved in 6 steps at lr 5e-6"
+
+
+def test_shard_plan_names_the_gpu_on_a_one_gpu_machine(monkeypatch):
+    """device=auto on one GPU: the plan must say cuda, not "auto" (a Ray runner reserves a GPU only for a shard whose
+    device names cuda; an "auto" shard ran in a worker that sees no GPU). torch's CUDA probe stands in for a GPU."""
+    import torch
+
+    from reasonlab.activations.run_plan import default_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert default_devices(2, "auto") == ["cuda:0"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert default_devices(2, "auto") == ["cuda:0", "cuda:1"]
+    assert default_devices(2, "cpu") == ["cpu"]
