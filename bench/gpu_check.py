@@ -52,6 +52,8 @@ sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("REASONLAB_SHARED_DATA", str(REPO / "tests" / "fixtures" / "data"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from gpu_sections import SECTIONS, Check, emit  # noqa: E402  (after the path setup above)
+
 NO_CUDA = ("gpu_check: CUDA is not available on this machine (torch {torch}, CUDA build {cuda}); "
            "`--device cpu` runs the same code paths on the CPU")
 
@@ -71,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dspy-examples", type=int, default=8, help="gsm8k rows through DSPy (default 8)")
     ap.add_argument("--questions", type=int, default=8, help="MedQA questions scored (default 8)")
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats of capture and filter (default 2)")
-    ap.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections (then ok=1 means they ran)")
+    ap.add_argument("--only", nargs="+", choices=list(SECTIONS), metavar="SECTION",
+                    help=f"run only these sections ({', '.join(SECTIONS)}); ok=1 then means they ran")
     args = ap.parse_args(argv)
     for flag in ("prompts", "capture_problems", "new_tokens", "batch_size", "sft_steps", "dspy_examples",
                  "questions", "repeats"):
@@ -100,10 +103,8 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
-def run_section(name: str, fn, check, failed: list[str]) -> None:
+def run_section(name: str, fn, check: Check, failed: list[str]) -> None:
     """Run one section; a failure prints its traceback and `name.error=`, and `name` joins `failed`."""
-    from gpu_sections import emit
-
     print(f"# {name}", flush=True)
     started = time.perf_counter()
     try:
@@ -124,16 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from reasonlab import console
     from reasonlab.errors import ReasonlabError
-    from reasonlab.models import pick_device, pick_dtype
+    from reasonlab.models import pick_device, pick_dtype, resolve_model
 
     console.configure()
-    try:
+    try:  # bad input is one line before any model work
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
+        if not args.tiny:
+            resolve_model(args.model)
     except ReasonlabError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
-    from gpu_sections import SECTIONS, Check, emit
 
     started = time.perf_counter()
     failed: list[str] = []
@@ -149,14 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if check.on_cuda:
             emit("gpu", torch.cuda.get_device_name(device).replace(" ", "_"))
             torch.cuda.reset_peak_memory_stats(device)
-        chosen = args.only or list(SECTIONS)
-        unknown = sorted(set(chosen) - set(SECTIONS))
-        if unknown:
-            print(f"gpu_check: unknown section(s) {unknown}; sections: {' '.join(SECTIONS)}", file=sys.stderr)
-            return 2
-        for section in SECTIONS:
-            if section in chosen:
-                run_section(section, SECTIONS[section], check, failed)
+        for section, run in SECTIONS.items():
+            if not args.only or section in args.only:
+                run_section(section, run, check, failed)
     emit("wall_s", time.perf_counter() - started)
     if failed:
         emit("failed", ",".join(failed))

@@ -59,6 +59,12 @@ def test_a_failing_section_fails_the_run_loudly():
     assert values["failed"] == "shards"
 
 
+def test_an_unknown_model_is_one_line_before_any_model_work():
+    proc = run_script("--device", "cpu", "--model", "no-such-model", timeout=120)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "unknown model 'no-such-model'" in lines[0], lines
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_without_cuda_it_says_so_in_one_line_and_fails():
     proc = run_script(timeout=120)
