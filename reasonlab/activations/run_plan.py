@@ -96,11 +96,12 @@ def resolve_variant(variant: str, resolved: ResolvedModel, has_template: bool) -
 
 
 def default_devices(shards: int, device: str) -> list[str]:
-    """`device` for every shard; with device='auto' and several GPUs, cuda:0..cuda:N-1."""
+    """`device` for every shard; with device='auto' and GPUs, cuda:0..cuda:N-1 (one GPU: cuda:0, named, so that a
+    Ray runner reserves it for the shard)."""
     if device == "auto":
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        if torch.cuda.is_available() and torch.cuda.device_count() >= 1:
             return [f"cuda:{i}" for i in range(min(shards, torch.cuda.device_count()))]
     return [device]
 

@@ -181,11 +181,16 @@ def load_fresh(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto
     """Load a new (uncached) model + tokenizer: for training, which mutates the weights.
 
     `num_labels`: a sequence-classification head with that many outputs on the same weights (a reward
-    model) instead of the causal-LM head."""
+    model) instead of the causal-LM head. With `train`, a bf16/fp16 dtype keeps fp32 weights: the trainers run
+    bf16 through autocast (`training.trainer_kwargs`), since bf16 weights updated in place drop every update
+    below half a bf16 step (at lr 5e-6 almost all of them)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    if train:
+        torch_dtype = torch.float32
     kwargs = {"revision": resolved.revision} if resolved.revision else {}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels

@@ -49,7 +49,7 @@ def run_pretrain(start: ResolvedModel, settings: PretrainParams, output_dir: Pat
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if settings.init == "scratch":
-        model = build_scratch(tokenizer, scratch or ScratchParams(), settings.seed).to(dev, torch_dtype)
+        model = build_scratch(tokenizer, scratch or ScratchParams(), settings.seed).to(dev)  # fp32 master weights
     else:
         model, _ = load_fresh(start, device, dtype, train=True)
     before = heldout_perplexity(model, eval_blocks, settings.batch_size)
