@@ -90,6 +90,31 @@ def markdown(rows: list[dict]) -> str:
     return markdown_table(rows, list(rows[0])) if rows else ""
 
 
+def _cost_text(row: dict, unit: str) -> str:
+    return f"${row['cost_usd/ex']:.6f}" if unit == "usd" else f"{row['compute_s/ex']:.3f} s"
+
+
+def headline_rows(rows: list[dict], task: str, baseline: str = "cot") -> list[dict[str, Any]]:
+    """`table`'s rows, best first: the small models' approaches by score, then the reference; each with its
+    score and CI, the paired difference against the baseline approach, the cost per example and n."""
+    score = metrics.headline(task)
+    unit = "usd" if rows and all(r["cost_usd/ex"] > 0 for r in rows) else "compute_s"
+    ordered = sorted(rows, key=lambda r: (r["approach"].endswith("(reference)"), -r[score]))
+    return [{"model": r["model"], "approach": r["approach"],
+             "score": f"{r[score]:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]",
+             "vs": r.get(f"vs {baseline}") or "—", "cost": _cost_text(r, unit), "n": r["n"]} for r in ordered]
+
+
+def headline_markdown(rows: list[dict], task: str, baseline: str = "cot") -> str:
+    """Six columns, narrow enough for the UI's artifact page; the first line is the best approach."""
+    unit = "USD" if rows and all(r["cost_usd/ex"] > 0 for r in rows) else "compute"
+    return markdown_table(headline_rows(rows, task, baseline),
+                          {"model": "Model", "approach": "Approach",
+                           "score": f"{metrics.headline(task).capitalize()} [95 % CI]",
+                           "vs": f"vs {baseline} (paired, same examples)", "cost": f"Cost / example ({unit})",
+                           "n": "n"}, align="llrrrr")
+
+
 def error_samples(results: list[dict], per_row: int = 3) -> list[dict[str, Any]]:
     """Wrong answers with the model's reasoning (and failures with their reason), a few per (model, approach)."""
     out = []
