@@ -232,10 +232,10 @@ def test_differences_are_condition_minus_reference_with_mcnemar_counts_in_that_o
     assert "| top1 - none | acc | 20 | +50.0 | [+" in text and "| 10/0 | 0.00195 |" in text
     # the answer is the report's first table: top-1 against none, in points, with its CI, McNemar p and n
     first = first_table_row(text)
-    assert (first["Comparison"], first["Difference (points)"], first["McNemar p"], first["n"]) == (
+    assert (first["Comparison"], first["Δ points"], first["McNemar p"], first["n"]) == (
         "top1 - none", "+50.0", "0.00195", "20")
-    assert first["95 % CI (paired bootstrap)"] == f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-    assert first["Right only with / without"] == "10 / 0" and len(first) <= 6
+    assert first["95 % CI"] == f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+    assert first["Won / lost"] == "10 / 0" and len(first) <= 6
     assert len(lines_before_first_table(text)) <= 4
 
 
@@ -277,7 +277,7 @@ def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_
                 if d["comparison"] == "top1 - none" and d["metric"] == "acc_debiased")
     headline = first_table_row(data["instruction-retrieval-stories260k-seed-report"])
     assert headline["Comparison"] == "top1 - none" and headline["n"] == "3"
-    assert headline["Difference (points)"] == f"{100 * top1['diff']:+.1f}"
+    assert headline["Δ points"] == f"{100 * top1['diff']:+.1f}"
     assert "accuracy.png" in data["instruction-retrieval-stories260k-seed-report"]
     # conditions x questions x 2: the shared prompt part, then one batch (four orders + four option texts)
     assert out["forward_passes"] == 5 * 3 * 2

@@ -1,5 +1,5 @@
 """The activation-baseline report, answer first: one narrow line (the MBPP pass rate with its 95 % Wilson interval
-over the problems, and over the generated programs), one picture (both rates, and what became of every problem),
+over the problems, and over the generated programs only), one picture (both rates, and what became of every problem),
 then the detail. `merged` is `dataset.merge_dataset`'s result. No Prefect."""
 
 from __future__ import annotations
@@ -13,30 +13,25 @@ from reasonlab.plots import bars_with_ci, pyplot, save_figure
 RATES = {"pass_rate": "over problems", "pass_rate_generated": "over generated"}
 
 
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f} %"
-
-
 def rate_text(merged: dict, name: str) -> str | None:
-    """"42.0 % [30.1, 55.0]" (a rate with its 95 % Wilson interval, in %), None without a rate."""
+    """"42.0 [30.1, 55.0]" (a rate with its 95 % Wilson interval, in %), None without a rate."""
     if merged.get(name) is None:
         return None
     low, high = merged[f"{name}_ci95"]
-    return f"{_percent(merged[name])} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{100 * merged[name]:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def headline_rows(model: str, variant: str, merged: dict) -> list[dict[str, Any]]:
-    return [{"model": model, "variant": variant, "passed": f"{merged['passed']} / {merged['problems']}",
-             "pass_rate": rate_text(merged, "pass_rate"),
-             "pass_rate_generated": rate_text(merged, "pass_rate_generated"), "excluded": merged["excluded"]}]
+def headline_rows(merged: dict) -> list[dict[str, Any]]:
+    return [{"passed": f"{merged['passed']} / {merged['problems']}", "pass_rate": rate_text(merged, "pass_rate"),
+             "pass_rate_generated": rate_text(merged, "pass_rate_generated"), "excluded": merged["excluded"],
+             "tokens": merged.get("mean_completion_tokens")}]
 
 
-def headline_markdown(model: str, variant: str, merged: dict) -> str:
-    """Six columns, narrow enough for the UI's artifact page."""
-    return table(headline_rows(model, variant, merged),
-                 {"model": "Model", "variant": "Variant", "passed": "Passed / problems",
-                  "pass_rate": "Pass rate [95 % CI]", "pass_rate_generated": "Over generated [95 % CI]",
-                  "excluded": "Excluded"}, align="llrrrr")
+def headline_markdown(merged: dict) -> str:
+    """Five short columns, so the whole line fits the UI's artifact page (about 80 characters)."""
+    return table(headline_rows(merged), {"passed": "Passed", "pass_rate": "Pass rate % [95 % CI]",
+                                         "pass_rate_generated": "Of generated % [CI]", "excluded": "Excluded",
+                                         "tokens": "Mean tokens"}, align="rrrrr")
 
 
 def plot_outcomes(merged: dict, title: str, dest: Path | str) -> Path:
@@ -66,7 +61,8 @@ def plot_outcomes(merged: dict, title: str, dest: Path | str) -> Path:
 def report_markdown(model: str, variant: str, merged: dict, image: str | None = None) -> str:
     """The answer line, the picture (`image`: markdown showing it), then status counts, error types, lengths,
     limits hit and where the dataset is."""
-    parts = [f"# Activation baseline: {model} ({variant})", "", headline_markdown(model, variant, merged)]
+    parts = [f"# Activation baseline: {model} ({variant})", "", f"MBPP pass rate of {model} ({variant}), 95 % Wilson "
+             f"intervals:", "", headline_markdown(merged)]
     if image:
         parts += [image, ""]
     parts += ["## Details", "",

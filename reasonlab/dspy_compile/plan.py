@@ -115,7 +115,9 @@ def report_markdown(setup: Setup, splits: dict[str, Any], table: list[dict], ref
                "the answer); accuracy_strict under its strict-match rule (the number the answer starts with, or "
                "the one after \"####\"); extracted_*: the share of answers each rule found a number in.\n\n"
                if setup.task == "gsm8k" else "")
-    return (f"# DSPy compile: {setup.task}\n\n{report.headline_markdown(table, setup.task, baseline)}\n"
+    models = sorted({r["model"] for r in table})
+    return (f"# DSPy compile: {setup.task}, {', '.join(models)}\n\n"
+            f"{report.headline_markdown(table, setup.task, baseline)}\n"
             f"{plot_markdown}\n\n## Every figure\n\nTest examples: {len(splits['test'])} (train "
             f"{len(splits['train'])}, dev {len(splits['dev'])}; source {splits['source']}, seed {splits['seed']}). "
             f"Adapter: {sampling.adapter}, temperature {sampling.temperature}.\n\n{scoring}{report.markdown(table)}\n"

@@ -185,15 +185,16 @@ def headline_rows(summary: dict) -> list[dict[str, Any]]:
                    key=lambda d: d["comparison"] != "top1 - none")
     return [{"comparison": d["comparison"], "diff": f"{100 * d['diff']:+.1f}",
              "ci": f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]", "p": f"{d['p_value']:.3g}", "n": d["n"],
-             "discordant": f"{d['only_condition']} / {d['only_reference']}"} for d in diffs]
+             "won_lost": f"{d['only_condition']} / {d['only_reference']}"} for d in diffs]
 
 
 def headline_markdown(summary: dict) -> str:
-    """Six columns, narrow enough for the UI's artifact page: condition − reference in percentage points."""
+    """Six short columns, so the whole line fits the UI's artifact page (about 80 characters)."""
     rows = headline_rows(summary) or [{"comparison": "no paired comparison (one condition only)"}]
-    return (f"Does an instruction help? `{main_metric(summary)}`, condition − reference on the same questions:\n\n"
-            + table(rows, {"comparison": "Comparison", "diff": "Difference (points)", "ci": "95 % CI (paired bootstrap)",
-                           "p": "McNemar p", "n": "n", "discordant": "Right only with / without"}, align="lrlrrr"))
+    return (f"Does an instruction help? `{main_metric(summary)}`, condition − reference on the same questions, in "
+            f"points (95 % CI: paired bootstrap; won / lost: questions right only with / only without it):\n\n"
+            + table(rows, {"comparison": "Comparison", "diff": "Δ points", "ci": "95 % CI", "p": "McNemar p",
+                           "n": "n", "won_lost": "Won / lost"}, align="lrrrrr"))
 
 
 def summary_markdown(title: str, summary: dict, retrieval: list[dict] | None = None, image: str | None = None) -> str:

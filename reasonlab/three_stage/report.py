@@ -37,18 +37,20 @@ def headline_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                "margin": f"{h['margin']:+.3f}", "pairs": h["n"], "order": None, "p": None}
         if name == "staged" and order.get("paired"):
             d = order["accuracy_diff"]
-            row.update(order=f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+            row.update(order=f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]",
                        p=f"{order['mcnemar']['p_value']:.3g}")
         rows.append(row)
     return rows
 
 
 def headline_markdown(out: dict[str, Any]) -> str:
-    """Six columns, narrow enough for the UI's artifact page, then the order test's verdict."""
-    return table(headline_rows(out), {"from": "Reward model from", "accuracy": "Held-out accuracy [95 % CI]",
-                                      "margin": "Mean margin", "pairs": "Pairs",
-                                      "order": "Staged − base (paired)", "p": "McNemar p"},
-                 align="lrrrrr") + "\n" + order_verdict(out["order"]) + "\n"
+    """Six short columns, so the whole line fits the UI's artifact page (about 80 characters), then the order
+    test's verdict."""
+    return ("Reward models, held-out pairwise accuracy (ties wrong; 95 % CI: Wilson), mean margin r(chosen) − "
+            "r(rejected), and the order test staged − base on the same pairs (paired bootstrap CI, McNemar):\n\n"
+            + table(headline_rows(out), {"from": "RM from", "accuracy": "Accuracy [95 % CI]", "margin": "Margin",
+                                         "pairs": "Pairs", "order": "Staged − base", "p": "McNemar p"},
+                    align="lrrrrr") + "\n" + order_verdict(out["order"]) + "\n")
 
 
 def report_markdown(out: dict[str, Any], image: str | None = None, more_images: dict[str, str] | None = None) -> str:
