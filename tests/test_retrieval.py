@@ -508,3 +508,16 @@ def test_rrf_ranking_does_not_depend_on_the_library_order(library, seed_question
     for a, b in zip(forward, backward, strict=True):
         for method in ("dense", "bm25", "rrf"):  # dense: the cached library embeddings keep each domain's row
             assert [d for d, _ in a[method]] == [d for d, _ in b[method]], (a["id"], method)
+
+
+def test_scaling_chart_draws_a_rate_of_zero_whose_wilson_bound_is_float_noise(tmp_path):
+    from reasonlab import stats
+    from reasonlab.retrieval import plots
+
+    zero = stats.rate(0, 3)  # Wilson's lower bound comes back as 5.6e-17, just above the rate itself
+    conditions = [{"condition": "none", "n": 3, "acc": zero["rate"], "acc_ci": [zero["low"], zero["high"]]}]
+    png = plots.scaling_chart([{"model": "m", "n_params": 1e6, "conditions": conditions}], "acc",
+                              tmp_path / "scaling.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png = plots.condition_accuracy(conditions, "acc", tmp_path / "accuracy.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

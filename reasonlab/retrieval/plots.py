@@ -135,8 +135,8 @@ def scaling_chart(points: list[dict], metric: str, dest: Path | str, title: str 
             x = p["n_params"] / 1e6 * (1 + 0.03 * (i - len(names) / 2))  # small offsets so the CIs stay apart
             xs.append(x)
             ys.append(100 * c[metric])
-            err[0].append(100 * (c[metric] - c[f"{metric}_ci"][0]))
-            err[1].append(100 * (c[f"{metric}_ci"][1] - c[metric]))
+            err[0].append(100 * max(0.0, c[metric] - c[f"{metric}_ci"][0]))  # a bound may sit 1e-17 inside
+            err[1].append(100 * max(0.0, c[f"{metric}_ci"][1] - c[metric]))
         ns = sorted({c["n"] for p in points for c in p["conditions"] if c["condition"] == name})
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(name),
                     label=f"{name} (n={'/'.join(map(str, ns))})", linestyle="--" if name.startswith("none") else "-")
