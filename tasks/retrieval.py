@@ -156,6 +156,6 @@ def publish_scaling(run: RunFolders, results: dict[str, dict[str, dict]], sets: 
                                   f"{name}: {metric} by model size (measured, Wilson 95 % CIs)", chance_rate(qs))
         scaling[name] = {"png": str(png), "models": [p["model"] for p in points]}
     create_markdown_artifact("# Instruction retrieval: scaling\n\n" + "\n".join(
-        f"## {name} ({', '.join(s['models'])})\n\n{image_markdown(s['png'], f'scaling on {name}')}\n\n`{s['png']}`"
+        f"## {name} ({', '.join(s['models'])})\n\n{image_markdown(s['png'], f'scaling on {name}')}\n"
         for name, s in scaling.items()), key="instruction-retrieval-scaling")
     return scaling
