@@ -23,7 +23,7 @@ from flows.cli_params import Flag, add_flow_arguments, flow_parameters
 from reasonlab import paths
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import DEFAULT_MODEL, ResolvedModel, load_tokenizer, resolve_model
-from reasonlab.three_stage import job
+from reasonlab.three_stage import job, report
 from reasonlab.three_stage.params import (DPOParams, PretrainParams, RewardParams, RunParams, ScratchParams,
                                           SFTParams, read_config, resolve_groups)
 from tasks import three_stage as stages
@@ -89,7 +89,7 @@ def three_stage(
 
     out = job.results(base, groups, stage1, stage2, reward_out, stage4)
     out["files"] = stages.publish_results(out, job.report_dir(run_dir, base, groups))
-    print(job.summary_markdown(out))
+    print(report.headline_markdown(out))
     return out
 
 

@@ -10,10 +10,11 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.context import get_run_context
 
-from reasonlab.activations import baseline, dataset
+from reasonlab.activations import baseline, dataset, report
 from reasonlab.activations.params import BaselineConfig
 from reasonlab.activations.run_plan import RunPlan
 from reasonlab.models import ResolvedModel, load_model
+from tasks.artifacts import image_markdown
 from tasks.conventions import task_options
 
 SUMMARY_KEY = "activation-baseline-summary"  # one row: what a sweep compares (reasonlab/activations/sweep_metrics)
@@ -82,17 +83,6 @@ def merge_shards(run_dir: str, variant: str, metadata: dict, shards_dir: Path | 
     return out
 
 
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
-
-
-def _rate_text(merged: dict, name: str, denominator: str) -> str:
-    low, high = merged[f"{name}_ci95"]
-    if merged[name] is None:
-        return f"no pass rate over {denominator} (none)"
-    return f"{_percent(merged[name])} of {denominator} (95 % CI {_percent(low)}–{_percent(high)})"
-
-
 def summary_row(model: str, variant: str, merged: dict) -> dict:
     """The run's one-row summary table: both pass rates with their Wilson intervals, lengths, limits hit."""
     row = {"model": model, "variant": variant}
@@ -106,7 +96,8 @@ def summary_row(model: str, variant: str, merged: dict) -> dict:
 
 
 def publish_baseline(model: str, variant: str, merged: dict, shards: list[dict]) -> None:
-    """The run's artifacts: this call's shards, the summary row (what a sweep compares), errors, a report."""
+    """The run's artifacts: this call's shards, the summary row (what a sweep compares), errors, and the report
+    (the pass rate first, then the outcomes picture, then the detail)."""
     create_table_artifact([{
         "shard": s["shard"], "device": s["device"], "tasks": s["tasks"], "resumed": s["resumed"],
         "passed": s["passed"], "excluded": len(s["excluded"]),
@@ -117,14 +108,8 @@ def publish_baseline(model: str, variant: str, merged: dict, shards: list[dict])
                           description="Activation baseline: the whole run directory's dataset")
     create_table_artifact([{"error_type": k, "count": v} for k, v in merged["error_types"].items()],
                           key=ERRORS_KEY, description="Activation baseline: failing programs by error type")
-    create_markdown_artifact(report_markdown(model, variant, merged), key=REPORT_KEY)
-
-
-def report_markdown(model: str, variant: str, merged: dict) -> str:
-    over_problems = _rate_text(merged, "pass_rate", f"the {merged['problems']} problems")
-    over_generated = _rate_text(merged, "pass_rate_generated", f"the {merged['generated']} generated programs")
-    return (f"# Activation baseline: {model} ({variant})\n\n{merged['passed']} passed: {over_problems}; "
-            f"{over_generated}. {merged['excluded']} problems excluded (their generation kept failing); test status "
-            f"{merged['status_counts']}; error types {merged['error_types']}; mean completion "
-            f"{merged['mean_completion_tokens']} tokens.\n\nDataset: `{merged['dataset']}`\n\n"
-            f"Metadata: `{merged['metadata']}`\n")
+    picture = report.plot_outcomes(merged, f"{model} ({variant}): MBPP pass rate and outcomes",
+                                   Path(merged["dataset"]).parent / "outcomes.png")
+    markdown = report.report_markdown(model, variant, merged, image_markdown(picture, "pass rate and outcomes"))
+    create_markdown_artifact(markdown, key=REPORT_KEY)
+    print(f"\n{model} ({variant})\n" + report.headline_markdown(merged))

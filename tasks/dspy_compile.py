@@ -128,8 +128,7 @@ def publish_report(setup: plan.Setup, splits: dict[str, Any], results: list[dict
     picture = report.plot(results, task_name, folder / "accuracy_vs_cost.png")
     write_json(folder / "results.json", plan.results_document(setup, splits, results, table, reference_rows))
     write_json(folder / "error_samples.json", errors)
-    md = plan.report_markdown(setup, splits, table, reference_rows,
-                              f"{image_markdown(picture, 'accuracy vs cost')}\n\n`{picture}`")
+    md = plan.report_markdown(setup, splits, table, reference_rows, image_markdown(picture, "accuracy vs cost"))
     write_text(folder / "report.md", md)
     publish_image(picture, key="dspy-compile-plot", description=f"{task_name}: accuracy vs cost")
     publish_run_folder(folder, key="dspy-compile-run-folder", description="Programs, results, error samples")
@@ -140,6 +139,6 @@ def publish_report(setup: plan.Setup, splits: dict[str, Any], results: list[dict
     create_table_artifact(errors or [{"note": "no wrong answers"}], key="dspy-compile-errors",
                           description="Error analysis: wrong answers with the model's reasoning")
     create_markdown_artifact(md, key="dspy-compile-report")
-    print("\n" + report.markdown(table) + ("\n" + report.markdown(reference_rows) if reference_rows else ""))
+    print("\n" + report.headline_markdown(table, task_name, baseline) + f"\nEvery figure: {folder / 'report.md'}")
     return {"run_dir": str(folder), "table": table, "reference": reference_rows, "plot": str(picture),
             "programs": {f"{r['model']}/{r['approach']}": r["program_file"] for r in results}}

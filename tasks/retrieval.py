@@ -73,13 +73,17 @@ def summarize(questions: list[dict], scored: dict[str, list[dict]], out_file: st
     return summary
 
 
-@task(name="plot-results", **task_options("2"))
+@task(name="plot-results", **task_options("3"))
 def plot_results(questions: list[dict], scored: dict[str, list[dict]], summary: dict, out_dir: str,
                  title: str, n_distribution_questions: int = 3) -> dict[str, str]:
-    """PNG files: option distributions (first questions), information gain, reliability diagram."""
+    """PNG files: accuracy per condition (the report's picture), option distributions (first questions),
+    information gain, reliability diagram."""
     out = Path(out_dir)
     shown = questions[:n_distribution_questions]
-    files = {"option_distributions": plots.option_distributions(shown, scored, summary["distribution"],
+    metric = report.main_metric(summary)
+    files = {"accuracy": plots.condition_accuracy(summary["conditions"], metric, out / "accuracy.png",
+                                                  f"{title}: {metric} per condition", chance_rate(questions)),
+             "option_distributions": plots.option_distributions(shown, scored, summary["distribution"],
                                                                 out / "option_distributions.png",
                                                                 f"{title}: distribution over options; * = gold"),
              "information_gain": plots.information_gain_hist(summary["info_gain"], out / "information_gain.png",
@@ -114,14 +118,15 @@ def difference_rows(model: str, set_name: str, summary: dict) -> list[dict]:
 
 def publish_results(model: str, set_name: str, summary: dict, pngs: dict[str, str], retrieval: list[dict],
                     out_dir: Path) -> str:
-    """results.md beside the summary, and its markdown artifact with the plots; returns the markdown."""
+    """results.md beside the summary, and its markdown artifact (the answer, the accuracy picture, the detail, the
+    other plots); returns the markdown."""
     title = f"{model} on {set_name}"
-    markdown = report.summary_markdown(title, summary, retrieval)
+    markdown = report.summary_markdown(title, summary, retrieval, image=image_markdown(pngs["accuracy"], "accuracy"))
+    markdown += "\n## More plots\n\n" + "\n\n".join(f"### {k}\n\n{image_markdown(v, k)}"
+                                                    for k, v in pngs.items() if k != "accuracy") + "\n"
     write_text(out_dir / "results.md", markdown)
-    create_markdown_artifact(
-        markdown + "\n## Plots\n\n" + "\n\n".join(f"### {k}\n\n{image_markdown(v, k)}\n\n`{v}`" for k, v in pngs.items()),
-        key=slug(f"instruction-retrieval-{model}-{set_name}-report"))
-    print("\n" + markdown)
+    create_markdown_artifact(markdown, key=slug(f"instruction-retrieval-{model}-{set_name}-report"))
+    print(f"\n{title}\n\n{report.headline_markdown(summary)}\nEvery figure: {out_dir / 'results.md'}")
     return markdown
 
 
@@ -151,6 +156,6 @@ def publish_scaling(run: RunFolders, results: dict[str, dict[str, dict]], sets: 
                                   f"{name}: {metric} by model size (measured, Wilson 95 % CIs)", chance_rate(qs))
         scaling[name] = {"png": str(png), "models": [p["model"] for p in points]}
     create_markdown_artifact("# Instruction retrieval: scaling\n\n" + "\n".join(
-        f"## {name} ({', '.join(s['models'])})\n\n{image_markdown(s['png'], f'scaling on {name}')}\n\n`{s['png']}`"
+        f"## {name} ({', '.join(s['models'])})\n\n{image_markdown(s['png'], f'scaling on {name}')}\n"
         for name, s in scaling.items()), key="instruction-retrieval-scaling")
     return scaling

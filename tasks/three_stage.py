@@ -13,7 +13,7 @@ from prefect.artifacts import update_progress_artifact
 
 from reasonlab.io import write_json
 from reasonlab.models import ResolvedModel
-from reasonlab.three_stage import dpo, job, plots, pretrain, reward_model, sft_pairs
+from reasonlab.three_stage import dpo, job, plots, pretrain, report, reward_model, sft_pairs
 from reasonlab.three_stage.params import parse_group
 from reasonlab.three_stage.sweep_metrics import SUMMARY_KEY
 from tasks.artifacts import image_markdown, publish_run_folder
@@ -84,7 +84,8 @@ def dpo_stage(model: ResolvedModel, settings: dict, reward_settings: dict, outpu
 
 def publish_results(out: dict, report_dir: Path) -> dict:
     """The run's PNGs, results.json, and its artifacts: the summary row a sweep reads, the reward models' table,
-    their evaluations, the order comparison and a markdown report with the pictures. Returns {name: PNG path}."""
+    their evaluations, and the report (the answer, the held-out accuracy picture, every stage, the other pictures).
+    Returns {name: PNG path}."""
     report_dir.mkdir(parents=True, exist_ok=True)
     files = _figures(out, report_dir)
     write_json(report_dir / "results.json", {**out, "files": files})
@@ -102,8 +103,10 @@ def publish_results(out: dict, report_dir: Path) -> dict:
     create_table_artifact(
         [{"reward model from": k, **e} for k, r in out["reward"].items() for e in r["evaluations"]],
         key="three-stage-rm-evaluations", description="Stage 3: held-out figures per evaluation (every pair scored)")
-    create_markdown_artifact(job.summary_markdown(out) + "\n" + "\n".join(
-        f"{image_markdown(path, name)}\n\n`{path}`\n" for name, path in files.items()), key="three-stage-report")
+    create_markdown_artifact(report.report_markdown(
+        out, image_markdown(files["rm_accuracy"], "reward model held-out accuracy"),
+        {name: image_markdown(path, name) for name, path in files.items() if name != "rm_accuracy"}),
+        key="three-stage-report")
     publish_run_folder(report_dir, key="three-stage-report-folder", description="Plots and metrics of this run")
     return files
 

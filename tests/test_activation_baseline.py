@@ -25,6 +25,7 @@ from reasonlab.activations.params import BaselineConfig
 from reasonlab.activations.capture import ResidualCapture, hook_name
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import forward_passes, load_model, resolve_model
+from report_tables import first_table_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -379,6 +380,13 @@ def test_output_dir_layout_every_range_in_metadata_and_instruct_vs_base(tmp_path
     children = []
     for label, run_id, variant in (("qwen2 | default", inst_id, "instruct"), ("stories | default", base_id, "base")):
         states, artifacts = asyncio.run(read_flow_run(run_id))
+        headline = first_table_row(artifacts["activation-baseline-report"])  # the answer, first thing on the page
+        summary = artifacts["activation-baseline-summary"][0]
+        assert summary["variant"] == variant and headline["Passed"] == f"{summary['passed']} / 5"
+        assert headline["Pass rate % [95 % CI]"] == (f"{100 * summary['pass_rate']:.1f} "
+                                                     f"[{100 * summary['pass_rate_ci95_low']:.1f}, "
+                                                     f"{100 * summary['pass_rate_ci95_high']:.1f}]")
+        assert "outcomes.png" in artifacts["activation-baseline-report"]  # the picture, shown or named
         children.append({"label": label, "model": label, "set": "default", "state": "Completed",
                          "task_states": states,
                          "metrics": metrics_from_artifacts(artifacts, deployment)})

@@ -3,6 +3,7 @@ engine on stories260K / tiny models and against a real loopback OpenAI-compatibl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,7 +22,8 @@ from loopback_llm import ScriptedLLM
 from reasonlab.dspy_compile import data, evaluate, lm as lms, metrics, programs, run
 from reasonlab.errors import ReasonlabError
 from tasks.dspy_compile import resolve_lm
-from tasks.run_info import flow_run_summary
+from report_tables import first_table_row
+from tasks.run_info import flow_run_summary, read_flow_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # One reply carrying every field DSPy's ChatAdapter may ask for (extra sections are ignored by the parser)
@@ -97,6 +99,10 @@ def test_report_difference_is_this_row_minus_the_baseline():
     assert rows[0]["vs cot"] == "" and rows[1]["vs cot"].startswith("+0.625 [+")
     text = report.markdown(rows)
     assert text.splitlines()[1] == "|" + "---|" * len(rows[0]) and "| m | manual | 0.875 | 0.1 | 0.9 |" in text
+    # the report's first line: the best approach, its accuracy [CI], its difference against cot, cost, n
+    first = first_table_row(report.headline_markdown(rows, "gsm8k", baseline="cot"))
+    assert first == {"Approach": "manual", "Accuracy [95 % CI]": "0.875 [0.100, 0.900]",
+                     "vs cot [95 % CI]": rows[1]["vs cot"], "Cost / ex": "1.00 s", "n": "32"}
 
 
 def test_parse_failures_and_errors_are_rows_not_crashes():
@@ -265,6 +271,13 @@ def test_flow_on_stories_then_rerun_is_all_cached(stories_chat, tiny_models):
     manual = next(r for r in out["table"] if r["approach"] == "manual")
     assert manual["demos"] == 3 and manual["tokens_in/ex"] > out["table"][1]["tokens_in/ex"]
     assert len(out["reference"]) == 5 and out["reference"][0]["cost unit"] == "compute_s"
+    _, published = asyncio.run(read_flow_run(first.state_details.flow_run_id))
+    best = max((r for r in out["table"] if "reference" not in r["approach"]), key=lambda r: r["accuracy"])
+    headline = first_table_row(published["dspy-compile-report"])
+    assert headline["Approach"] == best["approach"]
+    assert headline["Accuracy [95 % CI]"] == f"{best['accuracy']:.3f} [{best['ci95_low']:.3f}, {best['ci95_high']:.3f}]"
+    assert headline["Cost / ex"] == f"{best['compute_s/ex']:.2f} s" and headline["n"] == "3"
+    assert "accuracy_vs_cost.png" in published["dspy-compile-report"]
     assert Path(out["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(Path(out["programs"]["stories260K/manual"]).read_text())
     assert len(saved["solve.predict"]["demos"]) == 3

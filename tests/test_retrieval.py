@@ -24,6 +24,7 @@ from reasonlab.retrieval.questions import apply_domains, load_file, load_questio
 from reasonlab.retrieval.retrieve import rank_domains, retrieval_accuracy
 from reasonlab import paths
 from reasonlab.io import read_structured
+from report_tables import first_table_row, lines_before_first_table
 
 TINY_LIBRARY = {
     "cardiology": {"description": "Heart and vessels.", "knowledge": ["A shunt lets a clot cross."],
@@ -229,6 +230,13 @@ def test_differences_are_condition_minus_reference_with_mcnemar_counts_in_that_o
     assert summary["conditions"][1]["acc"] == 0.75 and summary["conditions"][1]["acc_ci"][0] < 0.75
     text = summary_markdown("t", summary)
     assert "| top1 - none | acc | 20 | +50.0 | [+" in text and "| 10/0 | 0.00195 |" in text
+    # the answer is the report's first table: top-1 against none, in points, with its CI, McNemar p and n
+    first = first_table_row(text)
+    assert (first["Comparison"], first["Δ points"], first["McNemar p"], first["n"]) == (
+        "top1 - none", "+50.0", "0.00195", "20")
+    assert first["95 % CI"] == f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+    assert first["Won / lost"] == "10 / 0" and len(first) <= 6
+    assert len(lines_before_first_table(text)) <= 4
 
 
 # ---------------------------------------------------------------- the flow, end to end
@@ -241,8 +249,10 @@ def flow_inputs(tmp_path):
 
 
 def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_inputs, stories_path):
+    import asyncio
+
     from flows.instruction_retrieval import instruction_retrieval
-    from tasks.run_info import flow_run_summary
+    from tasks.run_info import flow_run_summary, read_flow_run
 
     kwargs = dict(questions=flow_inputs["questions"], retrieval={"library": flow_inputs["library"], "top_k": 2},
                   models=[str(stories_path)], analysis={"n_boot": 200}, return_state=True)
@@ -261,6 +271,14 @@ def test_flow_runs_every_condition_then_rerun_is_cached_with_zero_forwards(flow_
         with open(png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert out["retrieval_accuracy"]["seed"][0]["n_known"] == 3
+    # the report opens with top-1 - none on the main accuracy, the figures of the differences table
+    _, data = asyncio.run(read_flow_run(first.state_details.flow_run_id))
+    top1 = next(d for d in data["instruction-retrieval-differences"]
+                if d["comparison"] == "top1 - none" and d["metric"] == "acc_debiased")
+    headline = first_table_row(data["instruction-retrieval-stories260k-seed-report"])
+    assert headline["Comparison"] == "top1 - none" and headline["n"] == "3"
+    assert headline["Δ points"] == f"{100 * top1['diff']:+.1f}"
+    assert "accuracy.png" in data["instruction-retrieval-stories260k-seed-report"]
     # conditions x questions x 2: the shared prompt part, then one batch (four orders + four option texts)
     assert out["forward_passes"] == 5 * 3 * 2
 
@@ -490,3 +508,16 @@ def test_rrf_ranking_does_not_depend_on_the_library_order(library, seed_question
     for a, b in zip(forward, backward, strict=True):
         for method in ("dense", "bm25", "rrf"):  # dense: the cached library embeddings keep each domain's row
             assert [d for d, _ in a[method]] == [d for d, _ in b[method]], (a["id"], method)
+
+
+def test_scaling_chart_draws_a_rate_of_zero_whose_wilson_bound_is_float_noise(tmp_path):
+    from reasonlab import stats
+    from reasonlab.retrieval import plots
+
+    zero = stats.rate(0, 3)  # Wilson's lower bound comes back as 5.6e-17, just above the rate itself
+    conditions = [{"condition": "none", "n": 3, "acc": zero["rate"], "acc_ci": [zero["low"], zero["high"]]}]
+    png = plots.scaling_chart([{"model": "m", "n_params": 1e6, "conditions": conditions}], "acc",
+                              tmp_path / "scaling.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png = plots.condition_accuracy(conditions, "acc", tmp_path / "accuracy.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

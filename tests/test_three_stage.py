@@ -1,6 +1,7 @@
 """Three-stage training on tiny real models: what each stage trains and freezes, the Bradley-Terry loss
 going down, one clear error per bad input, and a flow rerun that retrains only the reward model."""
 
+import asyncio
 import json
 
 import pytest
@@ -16,7 +17,8 @@ from reasonlab.three_stage.params import DPOParams, PretrainParams, RewardParams
 from reasonlab.three_stage.pretrain import run_pretrain
 from reasonlab.three_stage.reward_model import run_reward_model
 from reasonlab.three_stage.sft_pairs import run_sft_pairs
-from tasks.run_info import flow_run_summary
+from report_tables import first_table_row
+from tasks.run_info import flow_run_summary, read_flow_run
 
 CORPUS = "data/three_stage/pharma_pretrain.jsonl"
 LORA = {"lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"]}
@@ -197,6 +199,17 @@ def test_flow_rerun_with_new_reward_settings_retrains_only_stage_3(tiny_models, 
     assert set(out["reward"]) == {"staged", "base"}
     for png in out["files"].values():
         assert open(png, "rb").read(4) == b"\x89PNG"
+    # the report opens with the staged reward model's held-out accuracy [CI], margin and the paired order test
+    _, published = asyncio.run(read_flow_run(first.state_details.flow_run_id))
+    h, d = out["reward"]["staged"]["heldout"], out["order"]["accuracy_diff"]
+    headline = first_table_row(published["three-stage-report"])
+    assert headline == {"RM from": "staged",
+                        "Accuracy [95 % CI]": f"{h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}]",
+                        "Margin": f"{h['margin']:+.3f}", "Pairs": str(h["n"]),
+                        "Staged − base": f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]",
+                        "McNemar p": f"{out['order']['mcnemar']['p_value']:.3g}"}
+    assert "Does the order matter? **" in published["three-stage-report"]
+    assert "rm_accuracy.png" in published["three-stage-report"].split("## Every stage")[0]
 
     second = three_stage(config=str(config), reward={"learning_rate": 2e-3}, return_state=True)
     second.result()
@@ -205,6 +218,19 @@ def test_flow_rerun_with_new_reward_settings_retrains_only_stage_3(tiny_models, 
     for name, state in states.items():
         by_task.setdefault(name.rsplit("-", 1)[0], []).append(state)
     assert by_task == {"pretrain": ["Cached"], "sft-pairs": ["Cached"], "reward-model": ["Completed", "Completed"]}
+
+
+def test_order_verdict_reads_the_mcnemar_test():
+    from reasonlab.three_stage.report import order_verdict
+
+    def order(diff, p):
+        return {"paired": True, "n": 40, "accuracy_diff": {"diff": diff, "low": diff - 0.1, "high": diff + 0.1},
+                "mcnemar": {"only_staged": 9, "only_base": 1, "p_value": p}}
+
+    assert "**Yes**: the staged reward model" in order_verdict(order(0.2, 0.021))
+    assert "**Yes**: the reward model from the base" in order_verdict(order(-0.2, 0.021))
+    assert "**No detectable difference**" in order_verdict(order(0.05, 0.4)) and "n = 40" in order_verdict(order(0, 1))
+    assert "Not tested" in order_verdict(None)
 
 
 def test_flow_bad_input_fails_before_any_model_work(tiny_models, tmp_path):

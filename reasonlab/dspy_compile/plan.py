@@ -109,13 +109,16 @@ def results_document(setup: Setup, splits: dict[str, Any], results: list[dict], 
 
 def report_markdown(setup: Setup, splits: dict[str, Any], table: list[dict], reference_rows: list[dict],
                     plot_markdown: str) -> str:
-    sampling = setup.groups["sampling"]
+    """The answer (every approach, best first, in six columns), the accuracy-vs-cost picture, then the detail."""
+    sampling, baseline = setup.groups["sampling"], setup.groups["compile"].baseline
     scoring = ("Accuracy is exact match under lm-evaluation-harness's flexible-extract rule (the last number in "
                "the answer); accuracy_strict under its strict-match rule (the number the answer starts with, or "
                "the one after \"####\"); extracted_*: the share of answers each rule found a number in.\n\n"
                if setup.task == "gsm8k" else "")
-    return (f"# DSPy compile: {setup.task}\n\nTest examples: {len(splits['test'])} (train {len(splits['train'])}, "
-            f"dev {len(splits['dev'])}; source {splits['source']}, seed {splits['seed']}). Adapter: "
-            f"{sampling.adapter}, temperature {sampling.temperature}.\n\n{scoring}{report.markdown(table)}\n"
-            + (f"## Against the reference\n\n{report.markdown(reference_rows)}\n" if reference_rows else "")
-            + f"{plot_markdown}\n")
+    models = sorted({r["model"] for r in table})
+    return (f"# DSPy compile: {setup.task}, {', '.join(models)}\n\n"
+            f"{report.headline_markdown(table, setup.task, baseline)}\n"
+            f"{plot_markdown}\n\n## Every figure\n\nTest examples: {len(splits['test'])} (train "
+            f"{len(splits['train'])}, dev {len(splits['dev'])}; source {splits['source']}, seed {splits['seed']}). "
+            f"Adapter: {sampling.adapter}, temperature {sampling.temperature}.\n\n{scoring}{report.markdown(table)}\n"
+            + (f"## Against the reference\n\n{report.markdown(reference_rows)}\n" if reference_rows else ""))

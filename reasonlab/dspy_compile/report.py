@@ -90,6 +90,43 @@ def markdown(rows: list[dict]) -> str:
     return markdown_table(rows, list(rows[0])) if rows else ""
 
 
+def _cost_text(row: dict, unit: str) -> str:
+    return f"${row['cost_usd/ex']:.2g}" if unit == "usd" else f"{row['compute_s/ex']:.2f} s"
+
+
+def _short(text: str, n: int = 18) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def headline_rows(rows: list[dict], task: str, baseline: str = "cot") -> list[dict[str, Any]]:
+    """`table`'s rows, best first: the small models' approaches by score, then the reference; each with its
+    score and CI, the paired difference against the baseline approach with its CI, the cost per example, n."""
+    score = metrics.headline(task)
+    unit = cost_unit_of(rows)
+    ordered = sorted(rows, key=lambda r: (r["approach"].endswith("(reference)"), -r[score]))
+    return [{"model": _short(r["model"]), "approach": r["approach"],
+             "score": f"{r[score]:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]",
+             "vs": r.get(f"vs {baseline}") or None, "cost": _cost_text(r, unit), "n": r["n"]} for r in ordered]
+
+
+def cost_unit_of(rows: list[dict]) -> str:
+    """`cost_unit` read from `table`'s rows."""
+    return "usd" if rows and all(r["cost_usd/ex"] > 0 for r in rows) else "compute_s"
+
+
+def headline_markdown(rows: list[dict], task: str, baseline: str = "cot") -> str:
+    """The approaches, best first, in columns short enough for the UI's artifact page (about 80 characters);
+    the model column only when there are several models."""
+    columns = {"model": "Model", "approach": "Approach", "score": f"{metrics.headline(task).capitalize()} [95 % CI]",
+               "vs": f"vs {baseline} [95 % CI]", "cost": "Cost / ex", "n": "n"}
+    if len({r["model"] for r in rows}) == 1:
+        del columns["model"]
+    cost = "USD" if cost_unit_of(rows) == "usd" else "compute seconds"
+    return (f"Every approach, best first (95 % CIs: bootstrap; vs {baseline}: paired on the same examples; cost: "
+            f"{cost} per example):\n\n"
+            + markdown_table(headline_rows(rows, task, baseline), columns, align="l" * (len(columns) - 4) + "rrrr"))
+
+
 def error_samples(results: list[dict], per_row: int = 3) -> list[dict[str, Any]]:
     """Wrong answers with the model's reasoning (and failures with their reason), a few per (model, approach)."""
     out = []

@@ -1,11 +1,12 @@
-"""The experiment's pictures as PNG files (matplotlib, Agg): option distributions per condition for a few questions,
-the information-gain distribution, the reliability diagram, and the scaling chart over model sizes."""
+"""The experiment's pictures as PNG files (matplotlib, Agg): accuracy per condition, option distributions per
+condition for a few questions, the information-gain distribution, the reliability diagram, and the scaling chart
+over model sizes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reasonlab.plots import pyplot, save_figure
+from reasonlab.plots import bars_with_ci, pyplot, save_figure
 
 COLORS = {"none": "#9e9e9e", "none_on_oracle_questions": "#636363", "top1": "#1f77b4", "oracle": "#2ca02c",
           "random_other": "#d62728"}
@@ -22,6 +23,27 @@ def _color(condition: str) -> str:
 def _save(fig, dest: Path | str) -> Path:
     fig.tight_layout()
     return save_figure(fig, dest, dpi=100)
+
+
+def condition_accuracy(conditions: list[dict], metric: str, dest: Path | str, title: str = "",
+                       chance: float = 0.25) -> Path:
+    """The report's picture: `metric` per condition with its Wilson 95 % CI, each bar labelled right/n; `chance`:
+    a uniform guess's accuracy. `conditions`: the summary's condition rows."""
+    shown = [c for c in conditions if c.get("n")]
+    fig, ax = _plt().subplots(figsize=(1.3 * len(shown) + 2.5, 3.6), dpi=100)
+    bars_with_ci(ax, [c["condition"] for c in shown], [c.get(metric) for c in shown],
+                 [(c.get(f"{metric}_ci") or [None, None])[0] for c in shown],
+                 [(c.get(f"{metric}_ci") or [None, None])[1] for c in shown])
+    for x, (patch, c) in enumerate(zip(ax.patches, shown)):
+        patch.set_color(_color(c["condition"]))
+        if c.get(metric) is not None:
+            ax.text(x, 0.01, f"{round(c[metric] * c['n'])}/{c['n']}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(chance, color="black", linewidth=0.8, linestyle=":", label=f"chance ({100 * chance:.0f} %)")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"{metric} (Wilson 95 % CI)")
+    ax.set_title(title or f"{metric} per condition", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, dest)
 
 
 def option_distributions(questions: list[dict], scored: dict[str, list[dict]], dist: str, dest: Path | str,
@@ -113,8 +135,8 @@ def scaling_chart(points: list[dict], metric: str, dest: Path | str, title: str 
             x = p["n_params"] / 1e6 * (1 + 0.03 * (i - len(names) / 2))  # small offsets so the CIs stay apart
             xs.append(x)
             ys.append(100 * c[metric])
-            err[0].append(100 * (c[metric] - c[f"{metric}_ci"][0]))
-            err[1].append(100 * (c[f"{metric}_ci"][1] - c[metric]))
+            err[0].append(100 * max(0.0, c[metric] - c[f"{metric}_ci"][0]))  # a bound may sit 1e-17 inside
+            err[1].append(100 * max(0.0, c[f"{metric}_ci"][1] - c[metric]))
         ns = sorted({c["n"] for p in points for c in p["conditions"] if c["condition"] == name})
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(name),
                     label=f"{name} (n={'/'.join(map(str, ns))})", linestyle="--" if name.startswith("none") else "-")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from reasonlab import stats
+from reasonlab.markdown import table
 from reasonlab.retrieval import metrics
 
 VARIANTS = {"acc": "pred", "acc_debiased": "debiased_pred", "acc_option_text_norm": "option_text_pred"}
@@ -172,8 +173,37 @@ def condition_table(summary: dict) -> list[str]:
     return lines
 
 
-def summary_markdown(title: str, summary: dict, retrieval: list[dict] | None = None) -> str:
-    lines = [f"## {title}", "", *NOTES, "", f"Entropy, information gain (vs none) and KL in bits on "
+def main_metric(summary: dict) -> str:
+    """The accuracy the answer is read from: `acc_debiased` when the run debiased (the letter-bias control)."""
+    return "acc_debiased" if summary["distribution"] == "debiased_probs" else "acc"
+
+
+def headline_rows(summary: dict) -> list[dict[str, Any]]:
+    """The paired differences on the main accuracy, top-1 against no instruction first."""
+    metric = main_metric(summary)
+    diffs = sorted((d for d in summary["differences"] if d["metric"] == metric),
+                   key=lambda d: d["comparison"] != "top1 - none")
+    return [{"comparison": d["comparison"], "diff": f"{100 * d['diff']:+.1f}",
+             "ci": f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]", "p": f"{d['p_value']:.3g}", "n": d["n"],
+             "won_lost": f"{d['only_condition']} / {d['only_reference']}"} for d in diffs]
+
+
+def headline_markdown(summary: dict) -> str:
+    """Six short columns, so the whole line fits the UI's artifact page (about 80 characters)."""
+    rows = headline_rows(summary) or [{"comparison": "no paired comparison (one condition only)"}]
+    return (f"Does an instruction help? `{main_metric(summary)}`, condition − reference on the same questions, in "
+            f"points (95 % CI: paired bootstrap; won / lost: questions right only with / only without it):\n\n"
+            + table(rows, {"comparison": "Comparison", "diff": "Δ points", "ci": "95 % CI", "p": "McNemar p",
+                           "n": "n", "won_lost": "Won / lost"}, align="lrrrrr"))
+
+
+def summary_markdown(title: str, summary: dict, retrieval: list[dict] | None = None, image: str | None = None) -> str:
+    """The answer (paired differences on the main accuracy), the picture (`image`: markdown showing it), then every
+    condition's figures, every difference and the retrieval accuracy."""
+    lines = [f"# Instruction retrieval: {title}", "", headline_markdown(summary)]
+    if image:
+        lines += [image, ""]
+    lines += ["### Every condition", "", *NOTES, "", f"Entropy, information gain (vs none) and KL in bits on "
              f"`{summary['distribution']}`.", "", *condition_table(summary), "",
              "| comparison | metric | n | difference (pp) | paired bootstrap 95 % CI | only condition / only reference "
              "right | McNemar p |", "|---|---|---:|---:|---|---|---:|"]

@@ -1,6 +1,6 @@
 """What the three-stage flow does besides calling its stages: check the data, name each stage's folder, pick
 the reward models' start models, and turn the stages' results into the job's results, its paired answer to
-"does the order matter?", its summary row and its report. No Prefect here.
+"does the order matter?" and its summary row (the report is `report.py`). No Prefect here.
 """
 
 from __future__ import annotations
@@ -95,38 +95,3 @@ def summary_row(out: dict[str, Any]) -> dict[str, Any]:
             "sft_loss_before": sft.get("heldout_loss_before"), "sft_loss_after": sft.get("heldout_loss_after"),
             "order_diff": diff.get("diff"), "order_diff_low": diff.get("low"), "order_diff_high": diff.get("high"),
             "order_p": (order.get("mcnemar") or {}).get("p_value")}
-
-
-def summary_markdown(out: dict[str, Any]) -> str:
-    lines = ["# Three-stage training", ""]
-    if out["pretrain"]:
-        p = out["pretrain"]
-        lines.append(f"- Stage 1 ({p['init']}, {p['corpus']['source']}): held-out perplexity "
-                     f"{p['perplexity_before']:.2f} -> {p['perplexity_after']:.2f} ({p['steps']} steps)")
-    if out["sft"]:
-        s = out["sft"]
-        lines.append(f"- Stage 2 (SFT, {s['data']['train_pairs']} pairs): held-out loss "
-                     f"{s['heldout_loss_before']:.4f} -> {s['heldout_loss_after']:.4f} ({s['steps']} steps)")
-    lines += ["", "| reward model from | held-out accuracy | 95 % CI | mean margin | BT loss | pairs | steps |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in out["reward"].items():
-        h = r["heldout"]
-        lines.append(f"| {name} | {h['accuracy']:.3f} | [{h['ci_low']:.3f}, {h['ci_high']:.3f}] | {h['margin']:+.3f} "
-                     f"| {h['loss']:.4f} | {h['n']} | {r['steps']} |")
-    lines += order_lines(out["order"])
-    if out["dpo"]:
-        d = out["dpo"]
-        lines.append(f"\n- Stage 4 (DPO): log-prob margin {d['logp_margin_before']:+.3f} -> "
-                     f"{d['logp_margin_after']:+.3f}; implicit-reward accuracy {d['implicit_reward']['accuracy']:.3f}")
-    return "\n".join(lines) + "\n"
-
-
-def order_lines(order: dict[str, Any] | None) -> list[str]:
-    if not order:
-        return []
-    if not order["paired"]:
-        return ["", f"Does the order matter? {order['note']}"]
-    d, m = order["accuracy_diff"], order["mcnemar"]
-    return ["", f"Does the order matter? On the same {order['n']} held-out pairs, accuracy staged − base "
-                f"{d['diff']:+.3f} (paired bootstrap 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]); right only from "
-                f"staged {m['only_staged']}, only from base {m['only_base']}, McNemar exact p = {m['p_value']:.3g}."]
