@@ -7,6 +7,7 @@
     reasonlab concept-sft attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR  # (concept_sft/stage_cli.py)
     reasonlab concept-sft sft --config my_sft.yaml
     reasonlab concept-sft evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
+    reasonlab texts --prompts filtered.json --arms concept direct --output texts.yaml   # stage 5 by an LLM
     reasonlab instruction-retrieval library generate nephrology --output my_library.yaml   # LLM-written entries
 
 The whole pipelines are flows: `python -m flows.<pipeline> --help`. The older spellings `reasonlab filter |
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reasonlab.concept_sft import stage_cli
+from reasonlab.concept_sft import stage_cli, texts_cli
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import DEFAULT_MODEL, REGISTRY, is_materialized, materialized_path, resolve_model
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     fetch.add_argument("--refresh", action="store_true", help="fetch again even when already stored")
     concept = sub.add_parser("concept-sft", help="the concept-SFT stages alone (filter, attribute, sft, evaluate)")
     stage_cli.add_commands(concept.add_subparsers(dest="stage", required=True))
+    texts_cli.add_command(sub)
     retrieval = sub.add_parser("instruction-retrieval", help="the instruction-retrieval pipeline's library tools")
     retrieval_sub = retrieval.add_subparsers(dest="tool", required=True)
     library = retrieval_sub.add_parser("library", help="the instruction library").add_subparsers(dest="action",
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "concept-sft":
             stage_cli.COMMANDS[args.stage](args)
+        elif args.command == "texts":
+            texts_cli.run_texts(args)
         elif args.command == "data":
             data_fetch(args.names, args.refresh)
         elif args.command == "instruction-retrieval":

@@ -226,3 +226,29 @@ def test_the_tasks_are_cached_and_the_live_endpoint_is_not_in_the_key(tmp_path, 
         from tasks.texts import write_arm_texts
 
         write_arm_texts.fn(configured, CASE, "bogus", None, TextRules(), model, ROWS, str(tmp_path / "x.json"))
+
+
+def test_the_texts_command_writes_a_text_set_file_the_flow_reads(tmp_path, tiny_models, monkeypatch, capsys):
+    from reasonlab.cli import main
+
+    prompts = tmp_path / "filtered.json"
+    prompts.write_text(json.dumps({"target_cases": [CASE], "rejected": [OTHER]}))
+    out = tmp_path / "texts.yaml"
+    with ScriptedLLM([replies(NEIGHBOUR_COPY.replace("insulin", "the antidote used to reverse an opioid overdose is "
+                                                     "naloxone"), *GOOD[:4]),
+                      replies(*GOOD[:4])]) as srv:
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("REASONLAB_LLM_MODEL", "scripted")
+        main(["texts", "--prompts", str(prompts), "--arms", "concept", "direct", "prompt", "--output", str(out),
+              "--concept", "aldosterone is a hormone", "--model", str(tiny_models["llama"])])
+    assert srv.posts() == 2
+    entry = load_text_sets(out)[CASE["prompt"].lower()]
+    assert entry.concept == "aldosterone is a hormone" and len(entry.texts) == 4
+    assert sorted(entry.controls) == ["direct", "prompt"]
+    provenance = json.loads((tmp_path / "texts.yaml.provenance.json").read_text())
+    assert provenance["rejected_by_rule"]["copy"] == 1 and provenance["usage"]["calls"] == 2
+    budget = provenance["cases"][0]["budget"]
+    assert budget["unmatched"] == [] and set(budget["arms"]) == {"concept", "direct", "prompt"}
+    assert "'The primary hormone regulating blood pressure is' prompt: 4 texts (built" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown arm 'bogus'"):
+        main(["texts", "--prompts", str(prompts), "--arms", "bogus", "--output", str(out)])
