@@ -25,7 +25,7 @@ from reasonlab.concept_sft.text_sets import CaseTexts
 from reasonlab.concept_sft.text_budget import token_counter, trained_tokens_counter
 from reasonlab.io import sha256_json, write_json
 from reasonlab.llm_client import EndpointConfig, LLMClient
-from reasonlab.llm_serving import LiveEndpoint, serving
+from reasonlab.local_server import LiveEndpoint, serving
 from reasonlab.models import ResolvedModel
 from tasks.conventions import task_options
 

@@ -203,7 +203,7 @@ def test_the_text_set_file_keeps_the_last_word_for_any_arm(tmp_path):
 def stage5(endpoint: EndpointConfig, live_url: str | None, model, out: str) -> tuple[list, bool]:
     """Stage 5 for one case as a flow would run it; without `live_url`, the configured (local) endpoint is served
     on first use only."""
-    from reasonlab.llm_serving import serving
+    from reasonlab.local_server import serving
     from tasks.texts import match_budget as match_task, write_arm_texts
 
     with serving(endpoint) as served:

@@ -92,7 +92,7 @@ class _Calls:
 
     def get(self):
         from reasonlab.llm_client import LLMClient
-        from reasonlab.llm_serving import serving
+        from reasonlab.local_server import serving
 
         if self.client is None:
             self.client = LLMClient(self.stack.enter_context(serving(self.cfg)).config())
