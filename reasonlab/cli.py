@@ -7,6 +7,7 @@
     reasonlab concept-sft attribute "<prompt>" --contrastive " Ald" " Ren" --output DIR  # (concept_sft/stage_cli.py)
     reasonlab concept-sft sft --config my_sft.yaml
     reasonlab concept-sft evaluate --model CHECKPOINT --prompts filtered.json --base smollm2-135m-instruct
+    reasonlab texts --prompts filtered.json --arms concept direct --output texts.yaml   # stage 5 by an LLM
     reasonlab instruction-retrieval library generate nephrology --output my_library.yaml   # LLM-written entries
     reasonlab study --prompts data/factual_prompts.json --local-llm qwen2.5-coder-0.5b-instruct   # the study flow
 
@@ -20,7 +21,7 @@ import argparse
 import os
 import sys
 
-from reasonlab.concept_sft import stage_cli
+from reasonlab.concept_sft import stage_cli, texts_cli
 from reasonlab.errors import ReasonlabError
 from reasonlab.models import DEFAULT_MODEL, REGISTRY, is_materialized, materialized_path, resolve_model
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     stage_cli.add_commands(concept.add_subparsers(dest="stage", required=True))
     sub.add_parser("study", add_help=False, help="the concept-SFT study across many cases (the flow "
                                                  "flows/concept_study.py; `reasonlab study --help` lists its flags)")
+    texts_cli.add_command(sub)
     retrieval = sub.add_parser("instruction-retrieval", help="the instruction-retrieval pipeline's library tools")
     retrieval_sub = retrieval.add_subparsers(dest="tool", required=True)
     library = retrieval_sub.add_parser("library", help="the instruction library").add_subparsers(dest="action",
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "concept-sft":
             stage_cli.COMMANDS[args.stage](args)
+        elif args.command == "texts":
+            texts_cli.run_texts(args)
         elif args.command == "data":
             data_fetch(args.names, args.refresh)
         elif args.command == "instruction-retrieval":

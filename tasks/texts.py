@@ -14,75 +14,22 @@ started on the first request, never when every task is Cached (or for the `promp
 from __future__ import annotations
 
 import contextlib
-import threading
-from dataclasses import replace
 from typing import Iterator
 
 from prefect import get_run_logger, task
 
-from reasonlab import paths
 from reasonlab.concept_sft import arm_texts
 from reasonlab.concept_sft.sft_config import SFTConfig
 from reasonlab.concept_sft.text_checks import TextRules, check_arm
 from reasonlab.concept_sft.text_sets import CaseTexts
+from reasonlab.concept_sft.text_budget import token_counter, trained_tokens_counter
 from reasonlab.io import sha256_json, write_json
 from reasonlab.llm_client import EndpointConfig, LLMClient
-from reasonlab.local_server import serve_local
-from reasonlab.models import ResolvedModel, load_tokenizer
-from reasonlab.prompt_format import build_training_text
+from reasonlab.local_server import LiveEndpoint, serving
+from reasonlab.models import ResolvedModel
 from tasks.conventions import task_options
-from tasks.prompt_generation import LOCAL_TIMEOUT_S
 
 LIVE = ("live",)
-
-
-class LiveEndpoint:
-    """The configured endpoint made callable: a local model is served on first use, once, until `close()`.
-    Pickled (to a worker process) it becomes the running server's plain EndpointConfig."""
-
-    def __init__(self, cfg: EndpointConfig):
-        self.cfg = cfg.validate()
-        self._live: EndpointConfig | None = None
-        self._lock = threading.Lock()
-        self._stack = contextlib.ExitStack()
-
-    def config(self) -> EndpointConfig:
-        with self._lock:
-            if self._live is None:
-                self._live = self._start() if self.cfg.is_local else self.cfg
-            return self._live
-
-    def _start(self) -> EndpointConfig:
-        server = self._stack.enter_context(serve_local(self.cfg.local_model, log_dir=paths.runs_dir() / "llm-server"))
-        # a CPU-served model needs minutes for a reply; a timed-out request keeps it busy: wait long, retry little
-        return replace(self.cfg.with_server(server.base_url, server.model),
-                       json_mode="none" if self.cfg.json_mode == "auto" else self.cfg.json_mode,
-                       timeout_s=max(self.cfg.timeout_s, LOCAL_TIMEOUT_S), max_retries=min(self.cfg.max_retries, 1))
-
-    @property
-    def started(self) -> bool:
-        return self._live is not None and self.cfg.is_local
-
-    def close(self) -> None:
-        self._stack.close()
-        self._live = None
-
-    def __reduce__(self):
-        return (_endpoint, (self.config().to_dict(),))
-
-
-def _endpoint(fields: dict) -> EndpointConfig:
-    return EndpointConfig(**fields)
-
-
-@contextlib.contextmanager
-def serving(endpoint: EndpointConfig) -> Iterator[LiveEndpoint]:
-    """The live endpoint for a whole stage: pass it to every task as `live=`; a served model stops on exit."""
-    live = LiveEndpoint(endpoint)
-    try:
-        yield live
-    finally:
-        live.close()
 
 
 @contextlib.contextmanager
@@ -103,23 +50,6 @@ def client_for(endpoint: EndpointConfig, live: LiveEndpoint | EndpointConfig | N
 def case_folder(case: dict) -> str:
     """A short stable folder name for a case (its prompt's hash)."""
     return "case-" + sha256_json(case["prompt"])[:12]
-
-
-def token_counter(model: ResolvedModel):
-    tokenizer = load_tokenizer(model)
-    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
-
-
-def trained_tokens_counter(model: ResolvedModel, config: SFTConfig):
-    """Training tokens of a list of texts as the trainer sees them (templated, truncated): the sum
-    `experiment.budget_tokens` computes, with the tokenizer loaded once."""
-    tokenizer = load_tokenizer(model)
-
-    def count(texts: list[str]) -> int:
-        return sum(min(len(tokenizer.encode(build_training_text(tokenizer, t, config.use_chat_template,
-                                                                config.system_prompt))), config.max_length)
-                   for t in texts)
-    return count
 
 
 @task(name="name-concept", **task_options(arm_texts.VERSION, retries=1, exclude=LIVE))

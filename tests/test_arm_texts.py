@@ -200,29 +200,67 @@ def test_the_text_set_file_keeps_the_last_word_for_any_arm(tmp_path):
 
 
 @flow
-def stage5(endpoint: EndpointConfig, live: EndpointConfig, model, out: str) -> list:
-    from tasks.texts import write_arm_texts
+def stage5(endpoint: EndpointConfig, live_url: str | None, model, out: str) -> tuple[list, bool]:
+    """Stage 5 for one case as a flow would run it; without `live_url`, the configured (local) endpoint is served
+    on first use only."""
+    from reasonlab.local_server import serving
+    from tasks.texts import match_budget as match_task, write_arm_texts
 
-    return [write_arm_texts(endpoint, CASE, arm, "aldosterone is a hormone", TextRules(), model, ROWS,
-                            f"{out}/{arm}.json", live=live, return_state=True) for arm in ("concept", "prompt")]
+    with serving(endpoint) as served:
+        live = EndpointConfig(base_url=live_url, model="m", api_key_env="ARM_TEXTS_TEST_KEY") if live_url else served
+        states = [write_arm_texts(endpoint, CASE, arm, "aldosterone is a hormone", TextRules(), model, ROWS,
+                                  f"{out}/{arm}.json", live=live, return_state=True) for arm in ("concept", "prompt")]
+        texts = {arm: s.result()["texts"] for arm, s in zip(("concept", "prompt"), states)}
+        states.append(match_task(texts, model, SFTConfig(), f"{out}/budget.json", return_state=True))
+        return states, served.started
 
 
-def test_the_tasks_are_cached_and_the_live_endpoint_is_not_in_the_key(tmp_path, stories_path, monkeypatch):
+def test_the_tasks_are_cached_and_the_live_endpoint_is_not_in_the_key(tmp_path, tiny_models, monkeypatch):
     secret = "sk-arm-texts-DO-NOT-LEAK-51c2"
     monkeypatch.setenv("ARM_TEXTS_TEST_KEY", secret)
-    model = resolve_model(str(stories_path))
+    model = resolve_model(str(tiny_models["llama"]))
     configured = EndpointConfig(local_model="smollm2-135m-instruct")
     with ScriptedLLM([replies(*GOOD[:4])]) as first, ScriptedLLM([replies(*GOOD[:4])]) as second:
-        states = stage5(configured, EndpointConfig(base_url=first.base_url, model="m", api_key_env="ARM_TEXTS_TEST_KEY"),
-                        model, str(tmp_path))
-        again = stage5(configured, EndpointConfig(base_url=second.base_url, model="m"), model, str(tmp_path))
-    assert [s.name for s in states] == ["Completed", "Completed"] and first.posts() == 1
-    assert [s.name for s in again] == ["Cached", "Cached"] and second.posts() == 0
+        states, _ = stage5(configured, first.base_url, model, str(tmp_path))
+        again, _ = stage5(configured, second.base_url, model, str(tmp_path))
+    assert [s.name for s in states] == ["Completed"] * 3 and first.posts() == 1
+    assert [s.name for s in again] == ["Cached"] * 3 and second.posts() == 0
     assert states[0].result()["texts"] == GOOD[:4] == again[0].result()["texts"]
     saved = json.loads((tmp_path / "concept.json").read_text())
     assert saved["model"] == "m" and saved["usage"]["completion_tokens"] == 50 and secret not in json.dumps(saved)
     assert first.requests[0]["authorization"] == f"Bearer {secret}"
+    budget = json.loads((tmp_path / "budget.json").read_text())["report"]
+    trimmed = states[2].result()["texts"]["concept"]  # counted as experiment.budget_tokens counts
+    assert budget["unmatched"] == [] and budget["arms"]["concept"]["after"] == budget_tokens(model, SFTConfig(), trimmed)
+    cached, started = stage5(configured, None, model, str(tmp_path))  # all Cached: the local model is never served
+    assert [s.name for s in cached] == ["Cached"] * 3 and started is False
     with pytest.raises(ReasonlabError, match="unknown arm"):
         from tasks.texts import write_arm_texts
 
         write_arm_texts.fn(configured, CASE, "bogus", None, TextRules(), model, ROWS, str(tmp_path / "x.json"))
+
+
+def test_the_texts_command_writes_a_text_set_file_the_flow_reads(tmp_path, tiny_models, monkeypatch, capsys):
+    from reasonlab.cli import main
+
+    prompts = tmp_path / "filtered.json"
+    prompts.write_text(json.dumps({"target_cases": [CASE], "rejected": [OTHER]}))
+    out = tmp_path / "texts.yaml"
+    with ScriptedLLM([replies(NEIGHBOUR_COPY.replace("insulin", "the antidote used to reverse an opioid overdose is "
+                                                     "naloxone"), *GOOD[:4]),
+                      replies(*GOOD[:4])]) as srv:
+        monkeypatch.setenv("REASONLAB_LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("REASONLAB_LLM_MODEL", "scripted")
+        main(["texts", "--prompts", str(prompts), "--arms", "concept", "direct", "prompt", "--output", str(out),
+              "--concept", "aldosterone is a hormone", "--model", str(tiny_models["llama"])])
+    assert srv.posts() == 2
+    entry = load_text_sets(out)[CASE["prompt"].lower()]
+    assert entry.concept == "aldosterone is a hormone" and len(entry.texts) == 4
+    assert sorted(entry.controls) == ["direct", "prompt"]
+    provenance = json.loads((tmp_path / "texts.yaml.provenance.json").read_text())
+    assert provenance["rejected_by_rule"]["copy"] == 1 and provenance["usage"]["calls"] == 2
+    budget = provenance["cases"][0]["budget"]
+    assert budget["unmatched"] == [] and set(budget["arms"]) == {"concept", "direct", "prompt"}
+    assert "'The primary hormone regulating blood pressure is' prompt: 4 texts (built" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown arm 'bogus'"):
+        main(["texts", "--prompts", str(prompts), "--arms", "bogus", "--output", str(out)])

@@ -79,3 +79,26 @@ def water_level(lengths: list[int], excess: int, min_words: int) -> int:
     while level > min_words and sum(max(0, n - level) for n in lengths) < excess:
         level -= 1
     return level
+
+
+def token_counter(model) -> Callable[[str], int]:
+    """Tokens of one text by `model`'s tokenizer (a ResolvedModel), no special tokens: the length rule's count."""
+    from reasonlab.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def trained_tokens_counter(model, config) -> Counter:
+    """Training tokens of a list of texts as the trainer sees them (templated, truncated at `config.max_length`):
+    the sum `experiment.budget_tokens` computes, with the tokenizer loaded once."""
+    from reasonlab.models import load_tokenizer
+    from reasonlab.prompt_format import build_training_text
+
+    tokenizer = load_tokenizer(model)
+
+    def count(texts: list[str]) -> int:
+        return sum(min(len(tokenizer.encode(build_training_text(tokenizer, t, config.use_chat_template,
+                                                                config.system_prompt))), config.max_length)
+                   for t in texts)
+    return count
