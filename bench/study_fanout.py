@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("REASONLAB_MODEL_CACHE", str(Path.home() / ".cache" / "reasonlab" / "models"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: each heartbeat logged an ERROR
 
 
 def parse_args(argv=None) -> argparse.Namespace:
