@@ -23,7 +23,7 @@ from flows.cli_params import add_flow_arguments, flow_parameters
 from flows.concept_sft import FLAGS as JOB_FLAGS, check_inputs
 from reasonlab import paths
 from reasonlab.concept_sft.params import (AttributionParams, ConceptParams, ExperimentParams, FilterParams,
-                                          FormatParams, LLMParams)
+                                          FormatParams, LLMParams, parse_group)
 from reasonlab.concept_sft.study_params import StudyParams, parse_study
 from reasonlab.concept_sft.study_plan import study_key
 from reasonlab.errors import ReasonlabError
@@ -65,12 +65,12 @@ def concept_study(
         llm: the LLM that names concepts and writes texts (block, env vars, or a local model).
     """
     started = time.monotonic()
-    inputs = check_inputs(prompts, sft_config, model, use_chat_template, filter=filter, formats=formats,
-                          attribution=attribution, concept=concept, experiment=experiment, llm=llm)
+    inputs = check_inputs(prompts, sft_config, model, use_chat_template, filter=filter,
+                          formats=judged_where_found(formats), attribution=attribution, concept=concept,
+                          experiment=experiment, llm=llm)
     config, base, groups, study = inputs.config, inputs.base, inputs.groups, parse_study(study)
-    filter, attribution, concept, experiment, llm = (groups[name] for name in
-                                                     ("filter", "attribution", "concept", "experiment", "llm"))
-    formats = groups["formats"].model_copy(update={"evaluation": [groups["formats"].filter]})  # judged where found
+    filter, formats, attribution, concept, experiment, llm = (groups[name] for name in (
+        "filter", "formats", "attribution", "concept", "experiment", "llm"))
     rows = stages.load_prompts(inputs.prompts_path)
     run_dir = paths.runs_dir() / "concept_study" / study_key(base.fingerprint, rows, config.model_dump(), groups,
                                                              study, inputs.text_sets)
@@ -99,6 +99,12 @@ def concept_study(
                                       run_dir, time.monotonic() - started)
 
 
+def judged_where_found(formats: FormatParams | dict | None) -> FormatParams:
+    """The study judges each edit in the format the filter found the case in (one format, one verdict)."""
+    parsed = parse_group("formats", formats)
+    return parsed.model_copy(update={"evaluation": [parsed.filter]})
+
+
 FLAGS = {**{k: v for k, v in JOB_FLAGS.items() if k.split(".")[0] in
             ("filter", "formats", "attribution", "experiment", "llm") or k == "concept.corpus"},
          "study.arms": "--arms", "study.max_cases": "--max-cases", "study.n_texts": "--n-texts",
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     params = flow_parameters(parser.parse_args(argv))
     try:
         study = parse_study(params.pop("study", None))
+        params["formats"] = judged_where_found(params.get("formats"))
         check_inputs(**params)  # bad input is one line here, before Prefect starts a flow run
         out = concept_study(**params, study=study)
     except ReasonlabError as e:

@@ -148,7 +148,7 @@ def describe(server: LocalServer) -> str:
     return json.dumps({"base_url": server.base_url, "model": server.model})
 
 
-LOCAL_TIMEOUT_S = 900.0  # per request to a model this project serves itself on loopback
+LOCAL_TIMEOUT_S = 3600.0  # per request to a model served here: a batch of many requests on a CPU takes long
 
 
 class LiveEndpoint:
@@ -167,7 +167,8 @@ class LiveEndpoint:
             return self._live
 
     def _start(self) -> EndpointConfig:
-        server = self._stack.enter_context(serve_local(self.cfg.local_model, log_dir=_runs_dir() / "llm-server"))
+        server = self._stack.enter_context(serve_local(self.cfg.local_model, log_dir=_runs_dir() / "llm-server",
+                                                       batching=True, dtype="bfloat16"))
         # a CPU-served model needs minutes for a reply; a timed-out request keeps it busy: wait long, retry little
         return replace(self.cfg.with_server(server.base_url, server.model),
                        json_mode="none" if self.cfg.json_mode == "auto" else self.cfg.json_mode,

@@ -19,9 +19,10 @@ from reasonlab.models import ResolvedModel
 from tasks.artifacts import image_markdown, publish_image, publish_run_folder
 from tasks.conventions import task_options
 from tasks.prompt_generation import resolve_endpoint
-from tasks.texts import LIVE, case_folder, client_for, match_budget, name_concept, serving, write_arm_texts
+from reasonlab.local_server import serving
+from tasks.texts import LIVE, case_folder, client_for, match_budget, name_concept, write_arm_texts
 
-LLM_REQUESTS_AT_ONCE = 16  # a served local model batches concurrent requests (continuous batching)
+LLM_REQUESTS_AT_ONCE = 32  # a served local model batches concurrent requests (continuous batching)
 
 __all__ = ["target_cases", "plan_study", "write_study_texts", "publish_study"]
 
@@ -89,10 +90,10 @@ def write_study_texts(base: ResolvedModel, config, cases: list[dict], candidates
                 for j, arm in enumerate(study.arms)}
         usable = {a: r["texts"] for a, r in arms.items() if not r.get("skipped")}
         matched = match_budget(usable, base, config, str(folder / "budget.json"), tolerance=study.budget_tolerance)
-        for arm, texts in matched["texts"].items():
-            arms[arm] = {**arms[arm], "texts": texts, "train_tokens": matched["report"]["after"].get(arm)}
-        for arm in matched["report"].get("unmatched", []):
-            arms[arm] = {**arms[arm], "skipped": "could not be matched in budget with the other arms"}
+        for arm, texts in usable.items():
+            fit = matched["report"]["arms"][arm]
+            arms[arm] = ({**arms[arm], "texts": matched["texts"][arm], "train_tokens": fit["after"]} if fit["matched"]
+                         else {**arms[arm], "skipped": f"not matched in budget with the other arms: {fit['reason']}"})
         records.append({"case": case["prompt"], "named": [named_of[(i, a)] | {"arm": a} for a in guided],
                         "arms": arms, "budget": matched["report"]})
     return cases, records

@@ -77,7 +77,7 @@ def run_study(study_inputs, llm_url: str, **study):
 
     os.environ["REASONLAB_LLM_BASE_URL"], os.environ["REASONLAB_LLM_MODEL"] = llm_url, "loopback"
     return concept_study(**study_inputs, formats={"filter": "completion"},
-                         experiment={"seeds": 2, "texts": None, "workers": 1},
+                         experiment={"seeds": 2, "workers": 1},
                          study={"arms": ["concept", "direct", "prompt", "abstract"], "n_texts": 2,
                                 "min_tokens": 5, "max_tokens": 400, **study}, return_state=True)
 
