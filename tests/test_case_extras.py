@@ -27,7 +27,7 @@ def test_neighbours_share_the_relation_and_never_the_answer_or_a_target():
 
 
 def test_a_paraphrase_naming_the_answer_or_the_wrong_answer_or_repeating_is_rejected():
-    ok, bad = check_paraphrases(["Ukraine's capital city is", "The capital of Ukraine is Kyiv",
+    ok, bad = check_paraphrases(["Ukraine's capital city is", "The capital of Ukraine is Kyiv's",
                                  "Ukraine's capital, Kiev, is called", "the capital of ukraine is",
                                  "Ukraine's capital city is"], CASE)
     assert ok == ["Ukraine's capital city is"]

@@ -48,7 +48,7 @@ def responder(leaky_arm: str):
         if right:
             texts = [f"The answer is {right.group(1)}. " + t for t in texts]
         forbidden = re.search(r"Never use these words, not even to negate them: ([^,.]+)", ask)
-        if ARM_MARKS[leaky_arm] in ask and forbidden:
+        if leaky_arm in ARM_MARKS and ARM_MARKS[leaky_arm] in ask and forbidden:
             texts = [f"{forbidden.group(1)} " + t for t in texts]
         return "ok", json.dumps({"concept": "rivers run to the sea", "texts": texts})
 
@@ -79,7 +79,7 @@ def run_study(study_inputs, llm_url: str, **study):
     return concept_study(**study_inputs, formats={"filter": "completion"},
                          experiment={"seeds": 2, "workers": 1},
                          study={"arms": ["concept", "direct", "prompt", "abstract"], "n_texts": 2,
-                                "min_tokens": 5, "max_tokens": 400, **study}, return_state=True)
+                                "min_tokens": 30, "max_tokens": 400, **study}, return_state=True)
 
 
 def test_study_runs_each_arm_judges_across_cases_records_skips_and_reruns_cached(study_inputs):
@@ -108,7 +108,7 @@ def test_study_runs_each_arm_judges_across_cases_records_skips_and_reruns_cached
         states, _ = flow_run_summary(second.state_details.flow_run_id)
         assert set(states.values()) == {"Cached"}, states
         assert llm.posts() == requests_first and models.forward_passes() == forwards
-        assert second.result()["findings"] == out["findings"]
+        assert json.dumps(second.result()["findings"]) == json.dumps(out["findings"])  # NaN p-values alike
 
 
 def test_bad_study_input_is_one_clear_error(study_inputs, tmp_path):
@@ -118,7 +118,7 @@ def test_bad_study_input_is_one_clear_error(study_inputs, tmp_path):
     empty.write_text(json.dumps([{"prompt": "Once upon a time, there was a", "answer": "little"}]))
     with ScriptedLLM([("ok", "[]")]) as llm:
         with pytest.raises(ReasonlabError, match="yields no target case"):
-            run_study({**study_inputs, "prompts": str(empty)}, llm.base_url)
+            run_study({**study_inputs, "prompts": str(empty)}, llm.base_url).result()
         assert llm.posts() == 0
 
 
@@ -133,13 +133,15 @@ def test_a_study_killed_mid_run_resumes_with_its_finished_experiments_cached(stu
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterState, \
         TaskRunFilterStateName
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
     from prefect.settings import PREFECT_API_URL
 
     def finished_experiments() -> int:
         with get_client(sync_client=True) as client:
             return len(client.read_task_runs(task_run_filter=TaskRunFilter(
                 name=TaskRunFilterName(like_="sft-experiment"),
-                state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"])))))
+                state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"]))),
+                limit=200, sort=TaskRunSort.ID_DESC))
 
     answer, _ = responder(leaky_arm="none")
     with ScriptedLLM([answer]) as llm:
@@ -147,13 +149,14 @@ def test_a_study_killed_mid_run_resumes_with_its_finished_experiments_cached(stu
                    REASONLAB_LLM_MODEL="loopback", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "flows.concept_study", "--prompts", study_inputs["prompts"], "--sft-config",
                study_inputs["sft_config"], "--filter-format", "completion", "--seeds", "2", "--arms", "concept",
-               "direct", "prompt", "--n-texts", "2", "--min-tokens", "5", "--max-tokens", "400", "--max-cases", "1"]
+               "direct", "prompt", "--n-texts", "2", "--min-tokens", "30", "--max-tokens", "400", "--max-cases", "1"]
         before = finished_experiments()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and finished_experiments() == before:
             time.sleep(0.2)
+        assert proc.poll() is None, "the study ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         finished = finished_experiments() - before
@@ -164,7 +167,7 @@ def test_a_study_killed_mid_run_resumes_with_its_finished_experiments_cached(stu
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["experiments"] == 6
         with get_client(sync_client=True) as client:
-            [run] = client.read_flow_runs(limit=1, sort="START_TIME_DESC")
+            [run] = client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC)
         states, _ = flow_run_summary(run.id)
         experiments = [s for name, s in states.items() if name.startswith("sft-experiment")]
         assert experiments.count("Cached") == finished and experiments.count("Completed") == 6 - finished

@@ -17,16 +17,30 @@ def _short(text: str, n: int = 38) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+SHORT_VERDICTS = (("already said", "already said"), ("not learned", "not learned"), ("memorised", "memorised"),
+                  ("over-generalised", "over-generalised"), ("says it on its prompt", "says it"),
+                  ("learned", "learned"))
+
+
+def short_verdict(verdict: str) -> str:
+    """The verdict's first words, for a table cell; the legend under the table says what each means."""
+    short = next((short for start, short in SHORT_VERDICTS if verdict.startswith(start)), verdict)
+    return short + ", leaked" if short == "not learned" and "took over" in verdict else short
+
+
 def headline_markdown(summary: list[dict]) -> str:
-    """Narrow enough for the UI's artifact page: case, text set, format, verdict, efficacy, paraphrases,
-    neighbourhood."""
-    lines = ["| Case | Set | Format | Verdict | Says answer | Paraphrases newly said | Neighbours kept (ROME) |",
+    """About 80 characters a line, so the UI's artifact page shows every column: case, text set, format, the
+    short verdict, efficacy, paraphrases, neighbourhood; the long verdicts follow the table."""
+    lines = ["| Case | Set | Format | Verdict | Says answer | Paraphrases | Neighbours |",
              "|---|---|---|---|---|---|---|"]
     for r in summary:
-        lines.append(f"| {_short(r['case'])} | {r.get('text_set') or '—'} | {r['format']} | {r['verdict']} | "
-                     f"{_pct(r.get('says_answer'))} | {_pct(r.get('paraphrases_newly_said'))} | "
-                     f"{_pct(r.get('neighbourhood_nll'))} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {_short(r['case'], 20)} | {r.get('text_set') or '—'} | {r['format']} | "
+                     f"{short_verdict(r['verdict'])} | {_pct(r.get('says_answer'))} | "
+                     f"{_pct(r.get('paraphrases_newly_said'))} | {_pct(r.get('neighbourhood_nll'))} |")
+    legend = sorted({r["verdict"] for r in summary if short_verdict(r["verdict"]) != r["verdict"]})
+    notes = "".join(f"\n- *{short_verdict(v)}*: {v}" for v in legend)
+    return ("\n".join(lines) + "\n\nSays answer: the greedy answer after SFT; Paraphrases: newly said; "
+            "Neighbours: kept, ROME's neighbourhood score." + notes + "\n")
 
 
 def plot_results(summary: list[dict], dest: Path | str) -> Path:
