@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 
+from reasonlab.concept_sft.training_texts import find_leaks
 from reasonlab.llm_output import normalize, parse_items, strip_fences
 
-VERSION = "1"
+VERSION = "2"  # 2: the answer is matched on word starts (its plural too)
 
 STOP = frozenset("the a an of in is was by to and or for on at with as from that which who whose its it are be "
                  "called named".split())
@@ -65,12 +66,12 @@ def parse_strings(reply: str | None) -> list[str]:
 def check_paraphrases(texts: list[str], case: dict) -> tuple[list[str], list[dict]]:
     """(accepted, rejected with reasons): no answer, no wrong answer, not the prompt, no duplicate."""
     accepted, rejected, seen = [], [], {normalize(case["prompt"])}
-    banned = {"the answer": normalize(case["answer"]), "the wrong answer": normalize(case.get("wrong_word") or "")}
+    banned = {w.strip().lower(): why for w, why in ((case["answer"], "the answer"),
+                                                      (case.get("wrong_word") or "", "the wrong answer")) if w.strip()}
     for text in texts:
-        words = f" {normalize(text)} "
-        named = [what for what, w in banned.items() if w and f" {w} " in words]
+        named = find_leaks(text, banned)  # word starts, as the leak check: "chloroplasts" names "chloroplast"
         if named:
-            rejected.append({"text": text, "reason": f"it names {named[0]}"})
+            rejected.append({"text": text, "reason": f"it names {named[0][2]}"})
         elif normalize(text) in seen:
             rejected.append({"text": text, "reason": "it repeats the prompt or another rewrite"})
         elif len(content_words(text)) < 2:
