@@ -46,7 +46,9 @@ def comparisons_markdown(comparisons: list[dict]) -> str:
     rows = [{"Arm": r["arm"], "Measure": r["measure"], "n": r["n_cases"],
              "Δ mean [95 % CI]": f"{_num(r['mean_diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
              "Wilcoxon p": _p(r["p_value"]), "Holm p": _p(r["p_holm"])} for r in comparisons]
-    return table(rows, list(rows[0])) if rows else "(no arm besides concept ran on any case)\n"
+    if not rows:
+        return "(no case has texts for both concept and another arm: nothing to pair)\n"
+    return table(rows, list(rows[0]))
 
 
 def rejections_markdown(text_records: list[dict]) -> str:
