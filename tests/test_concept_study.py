@@ -143,6 +143,8 @@ def test_a_study_killed_mid_run_resumes_with_its_finished_experiments_cached(stu
                 state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"]))),
                 limit=200, sort=TaskRunSort.ID_DESC))
 
+    config = yaml.safe_load(open(study_inputs["sft_config"]))
+    Path(study_inputs["sft_config"]).write_text(yaml.safe_dump({**config, "learning_rate": 2e-3}))  # own cache keys
     answer, _ = responder(leaky_arm="none")
     with ScriptedLLM([answer]) as llm:
         env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), REASONLAB_LLM_BASE_URL=llm.base_url,
